@@ -1,0 +1,1 @@
+"""Shared domain types: money, events, aggregates and domain errors. No I/O here."""

@@ -1,0 +1,245 @@
+"""The PostgreSQL event store (asyncpg).
+
+Guarantees (each proven by tests/integration/test_event_store_contract.py):
+- append() is atomic per call, checks the expected stream version (optimistic
+  concurrency) and raises WrongExpectedVersion without storing anything on a mismatch;
+- re-appending the same event ids to the same stream returns the first result and
+  stores nothing (idempotent retry); event ids are globally unique;
+- read_all() delivers every committed event exactly once to a follower that passes back
+  the last cursor it saw, in an order that keeps each stream's versions ascending, even
+  while many writers commit out of order (see the comment in 0001_event_store.sql);
+- every event is chained to its predecessor in the stream by a SHA-256 hash, so an
+  edited or deleted row is found by verify().
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from libs.eventstore.errors import DuplicateEventId, IdempotencyKeyReused, WrongExpectedVersion
+from libs.eventstore.migrate import EVENTSTORE_MIGRATIONS, migrate
+from libs.eventstore.model import (
+    GENESIS_HASH,
+    START,
+    AppendResult,
+    Cursor,
+    NewEvent,
+    RecordedEvent,
+)
+
+_COLUMNS = """global_position, transaction_id::text::bigint AS transaction_id, event_id, stream_id,
+    stream_version, event_type, schema_version, data, metadata, recorded_at, prev_hash, hash"""
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """Per-connection setup: jsonb and json as Python objects via orjson."""
+    for typ in ("jsonb", "json"):
+        await conn.set_type_codec(typ, encoder=_dumps, decoder=orjson.loads, schema="pg_catalog")
+
+
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, **kwargs: Any) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=init_connection, **kwargs)
+    assert pool is not None
+    return pool
+
+
+def _row_to_event(row: asyncpg.Record) -> RecordedEvent:
+    return RecordedEvent(
+        global_position=row["global_position"], transaction_id=row["transaction_id"],
+        event_id=row["event_id"], stream_id=row["stream_id"], stream_version=row["stream_version"],
+        event_type=row["event_type"], schema_version=row["schema_version"], data=row["data"],
+        metadata={**row["metadata"], "recorded_at": row["recorded_at"].isoformat(),
+                  "schema_version": row["schema_version"]},
+        recorded_at=row["recorded_at"], prev_hash=row["prev_hash"], hash=row["hash"],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """A problem found by verify(): kind is one of tampered, broken_link, version_gap."""
+
+    kind: str
+    stream_id: str
+    stream_version: int
+    global_position: int
+    detail: str
+
+
+class EventStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    @classmethod
+    async def connect(cls, dsn: str, *, min_size: int = 1, max_size: int = 10, run_migrations: bool = True) -> EventStore:
+        pool = await create_pool(dsn, min_size=min_size, max_size=max_size)
+        if run_migrations:
+            async with pool.acquire() as conn:
+                await migrate(conn, {"eventstore": EVENTSTORE_MIGRATIONS})
+        return cls(pool)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection inside a transaction: appends and other writes made with it
+        commit or roll back together."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            yield conn
+
+    # ------------------------------------------------------------------ writing
+    async def append(self, stream_id: str, expected_version: int | None, events: Sequence[NewEvent], *,
+                     conn: asyncpg.Connection | None = None) -> AppendResult:
+        """Append `events` to `stream_id` atomically.
+
+        expected_version: None = any, 0 = the stream must not exist, n = it must be at n.
+        Raises WrongExpectedVersion (nothing stored) on a mismatch or a concurrent writer.
+        Re-appending the same event ids returns the first result with replayed=True.
+        """
+        if not events:
+            raise ValueError("append needs at least one event")
+        payload = [e.to_json() for e in events]
+        try:
+            if conn is None:
+                async with self.pool.acquire() as c:
+                    rows = await c.fetch("SELECT * FROM closeloop_append($1, $2, $3)",
+                                         stream_id, expected_version, payload)
+            else:
+                rows = await conn.fetch("SELECT * FROM closeloop_append($1, $2, $3)",
+                                        stream_id, expected_version, payload)
+        except asyncpg.UniqueViolationError as exc:
+            # A concurrent transaction wrote the same stream version (or the same event
+            # ids) and committed first: a classic optimistic-concurrency loss.
+            raise WrongExpectedVersion(stream_id, expected_version, None) from exc
+        except asyncpg.PostgresError as exc:
+            state = getattr(exc, "sqlstate", None)
+            if state == "CL001":
+                actual = int(exc.detail) if getattr(exc, "detail", None) else None
+                raise WrongExpectedVersion(stream_id, expected_version, actual) from exc
+            if state == "CL002":
+                raise WrongExpectedVersion(stream_id, expected_version, None, retryable=True) from exc
+            if state == "CL003":
+                raise DuplicateEventId(str(exc)) from exc
+            raise
+        return AppendResult(
+            stream_id=stream_id,
+            first_version=rows[0]["stream_version"], last_version=rows[-1]["stream_version"],
+            global_positions=[r["global_position"] for r in rows],
+            event_ids=[r["event_id"] for r in rows],
+            transaction_id=int(str(rows[0]["transaction_id"])),
+            replayed=bool(rows[0]["replayed"]),
+        )
+
+    # ------------------------------------------------------------------ reading
+    async def read_stream(self, stream_id: str, *, from_version: int = 1, to_version: int | None = None,
+                          as_of: datetime | None = None,
+                          conn: asyncpg.Connection | None = None) -> list[RecordedEvent]:
+        """A stream's events in version order; with `as_of`, only those recorded at or before it."""
+        sql = (f"SELECT {_COLUMNS} FROM events WHERE stream_id = $1 AND stream_version >= $2"
+               " AND ($3::bigint IS NULL OR stream_version <= $3)"
+               " AND ($4::timestamptz IS NULL OR recorded_at <= $4) ORDER BY stream_version")
+        args = (stream_id, from_version, to_version, as_of)
+        if conn is not None:
+            rows = await conn.fetch(sql, *args)
+        else:
+            rows = await self.pool.fetch(sql, *args)
+        return [_row_to_event(r) for r in rows]
+
+    async def stream_version(self, stream_id: str, *, conn: asyncpg.Connection | None = None) -> int:
+        sql = "SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = $1"
+        return await (conn or self.pool).fetchval(sql, stream_id)
+
+    async def read_all(self, after: Cursor = START, limit: int = 1000, *,
+                       conn: asyncpg.Connection | None = None) -> list[RecordedEvent]:
+        """Up to `limit` events after `after`, in follower order, only from finished
+        transactions. Pass the last event's `.cursor` back to continue; an empty list means
+        the follower is caught up (for now)."""
+        sql = (f"SELECT {_COLUMNS} FROM events"
+               " WHERE (transaction_id, global_position) > ($1::text::xid8, $2::bigint)"
+               "   AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())"
+               " ORDER BY transaction_id, global_position LIMIT $3")
+        args = (str(after.transaction_id), after.global_position, limit)
+        rows = await (conn or self.pool).fetch(sql, *args)
+        return [_row_to_event(r) for r in rows]
+
+    async def iter_all(self, after: Cursor = START, batch_size: int = 5000) -> AsyncIterator[list[RecordedEvent]]:
+        """Batches of read_all() until caught up."""
+        cursor = after
+        while True:
+            batch = await self.read_all(cursor, batch_size)
+            if not batch:
+                return
+            yield batch
+            cursor = batch[-1].cursor
+
+    async def head(self) -> Cursor:
+        """The cursor of the newest event a follower can read now."""
+        row = await self.pool.fetchrow(
+            "SELECT transaction_id::text::bigint AS tx, global_position FROM events"
+            " WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot())"
+            " ORDER BY transaction_id DESC, global_position DESC LIMIT 1")
+        return Cursor(row["tx"], row["global_position"]) if row else START
+
+    # ------------------------------------------------------------------ integrity
+    async def verify(self, *, stream_prefix: str | None = None) -> list[Finding]:
+        """Recompute every hash and walk every chain. An edited row shows as `tampered`
+        (and its successor as `broken_link` if the hash was recomputed by the editor); a
+        deleted row shows as `version_gap` and `broken_link`."""
+        sql = """
+            SELECT stream_id, stream_version, global_position, hash, prev_hash,
+                   closeloop_event_hash(prev_hash, event_id, stream_id, stream_version, event_type,
+                                        schema_version, recorded_at, data, metadata) AS computed,
+                   lag(hash) OVER w AS expected_prev, lag(stream_version) OVER w AS prev_version
+              FROM events
+             WHERE ($1::text IS NULL OR stream_id LIKE $1 || '%')
+            WINDOW w AS (PARTITION BY stream_id ORDER BY stream_version)
+             ORDER BY stream_id, stream_version"""
+        findings: list[Finding] = []
+        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            async for r in conn.cursor(sql, stream_prefix, prefetch=5000):
+                sid, ver, pos = r["stream_id"], r["stream_version"], r["global_position"]
+                if r["computed"] != r["hash"]:
+                    findings.append(Finding("tampered", sid, ver, pos,
+                                            "stored hash does not match the event's content"))
+                expected_prev = r["expected_prev"] or GENESIS_HASH
+                if r["prev_hash"] != expected_prev:
+                    findings.append(Finding("broken_link", sid, ver, pos,
+                                            "prev_hash does not match the previous event's hash"))
+                expected_ver = (r["prev_version"] or 0) + 1
+                if ver != expected_ver:
+                    findings.append(Finding("version_gap", sid, ver, pos,
+                                            f"version {ver} follows {expected_ver - 1}"))
+        return findings
+
+    # ------------------------------------------------------------------ idempotency keys
+    async def idempotent_response(self, scope: str, key: str, request_hash: str, *,
+                                  conn: asyncpg.Connection | None = None) -> dict[str, Any] | None:
+        """The stored response of an earlier command with this key, or None.
+        Raises IdempotencyKeyReused when the key came with a different request."""
+        row = await (conn or self.pool).fetchrow(
+            "SELECT request_hash, response FROM idempotency_keys WHERE scope = $1 AND key = $2", scope, key)
+        if row is None:
+            return None
+        if row["request_hash"] != request_hash:
+            raise IdempotencyKeyReused(scope, key)
+        return row["response"]
+
+    async def save_idempotent_response(self, conn: asyncpg.Connection, scope: str, key: str,
+                                       request_hash: str, response: dict[str, Any]) -> None:
+        """Record a command's response in the caller's transaction. A concurrent request
+        with the same key that committed first makes this raise WrongExpectedVersion-like
+        UniqueViolationError; the caller then rolls back and returns the stored response."""
+        await conn.execute(
+            "INSERT INTO idempotency_keys (scope, key, request_hash, response) VALUES ($1, $2, $3, $4)",
+            scope, key, request_hash, response)
