@@ -38,7 +38,7 @@ def pg_dsn() -> Iterator[str]:
         yield os.environ["DATABASE_URL"]
         return
     if _docker_available():
-        from testcontainers.postgres import PostgresContainer
+        from testcontainers.community.postgres import PostgresContainer
 
         with PostgresContainer("postgres:18", driver=None) as pg:
             yield pg.get_connection_url()
@@ -63,7 +63,7 @@ def kafka_bootstrap() -> Iterator[str]:
         yield os.environ["KAFKA_BOOTSTRAP_SERVERS"]
         return
     if _docker_available():
-        from testcontainers.kafka import KafkaContainer
+        from testcontainers.community.kafka import KafkaContainer
 
         with KafkaContainer().with_kraft() as kafka:
             yield kafka.get_bootstrap_server()
