@@ -56,12 +56,22 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, **kwar
 
 def _row_to_event(row: asyncpg.Record) -> RecordedEvent:
     return RecordedEvent(
-        global_position=row["global_position"], transaction_id=row["transaction_id"],
-        event_id=row["event_id"], stream_id=row["stream_id"], stream_version=row["stream_version"],
-        event_type=row["event_type"], schema_version=row["schema_version"], data=row["data"],
-        metadata={**row["metadata"], "recorded_at": row["recorded_at"].isoformat(),
-                  "schema_version": row["schema_version"]},
-        recorded_at=row["recorded_at"], prev_hash=row["prev_hash"], hash=row["hash"],
+        global_position=row["global_position"],
+        transaction_id=row["transaction_id"],
+        event_id=row["event_id"],
+        stream_id=row["stream_id"],
+        stream_version=row["stream_version"],
+        event_type=row["event_type"],
+        schema_version=row["schema_version"],
+        data=row["data"],
+        metadata={
+            **row["metadata"],
+            "recorded_at": row["recorded_at"].isoformat(),
+            "schema_version": row["schema_version"],
+        },
+        recorded_at=row["recorded_at"],
+        prev_hash=row["prev_hash"],
+        hash=row["hash"],
     )
 
 
@@ -77,16 +87,19 @@ class Finding:
 
 
 class EventStore:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, dsn: str | None = None) -> None:
         self.pool = pool
+        self.dsn = dsn  # for dedicated connections (LISTEN)
 
     @classmethod
-    async def connect(cls, dsn: str, *, min_size: int = 1, max_size: int = 10, run_migrations: bool = True) -> EventStore:
+    async def connect(
+        cls, dsn: str, *, min_size: int = 1, max_size: int = 10, run_migrations: bool = True
+    ) -> EventStore:
         pool = await create_pool(dsn, min_size=min_size, max_size=max_size)
         if run_migrations:
             async with pool.acquire() as conn:
                 await migrate(conn, {"eventstore": EVENTSTORE_MIGRATIONS})
-        return cls(pool)
+        return cls(pool, dsn)
 
     async def close(self) -> None:
         await self.pool.close()
@@ -99,8 +112,14 @@ class EventStore:
             yield conn
 
     # ------------------------------------------------------------------ writing
-    async def append(self, stream_id: str, expected_version: int | None, events: Sequence[NewEvent], *,
-                     conn: asyncpg.Connection | None = None) -> AppendResult:
+    async def append(
+        self,
+        stream_id: str,
+        expected_version: int | None,
+        events: Sequence[NewEvent],
+        *,
+        conn: asyncpg.Connection | None = None,
+    ) -> AppendResult:
         """Append `events` to `stream_id` atomically.
 
         expected_version: None = any, 0 = the stream must not exist, n = it must be at n.
@@ -113,11 +132,13 @@ class EventStore:
         try:
             if conn is None:
                 async with self.pool.acquire() as c:
-                    rows = await c.fetch("SELECT * FROM closeloop_append($1, $2, $3)",
-                                         stream_id, expected_version, payload)
+                    rows = await c.fetch(
+                        "SELECT * FROM closeloop_append($1, $2, $3)", stream_id, expected_version, payload
+                    )
             else:
-                rows = await conn.fetch("SELECT * FROM closeloop_append($1, $2, $3)",
-                                        stream_id, expected_version, payload)
+                rows = await conn.fetch(
+                    "SELECT * FROM closeloop_append($1, $2, $3)", stream_id, expected_version, payload
+                )
         except asyncpg.UniqueViolationError as exc:
             # A concurrent transaction wrote the same stream version (or the same event
             # ids) and committed first: a classic optimistic-concurrency loss.
@@ -134,7 +155,8 @@ class EventStore:
             raise
         return AppendResult(
             stream_id=stream_id,
-            first_version=rows[0]["stream_version"], last_version=rows[-1]["stream_version"],
+            first_version=rows[0]["stream_version"],
+            last_version=rows[-1]["stream_version"],
             global_positions=[r["global_position"] for r in rows],
             event_ids=[r["event_id"] for r in rows],
             transaction_id=int(str(rows[0]["transaction_id"])),
@@ -142,13 +164,21 @@ class EventStore:
         )
 
     # ------------------------------------------------------------------ reading
-    async def read_stream(self, stream_id: str, *, from_version: int = 1, to_version: int | None = None,
-                          as_of: datetime | None = None,
-                          conn: asyncpg.Connection | None = None) -> list[RecordedEvent]:
+    async def read_stream(
+        self,
+        stream_id: str,
+        *,
+        from_version: int = 1,
+        to_version: int | None = None,
+        as_of: datetime | None = None,
+        conn: asyncpg.Connection | None = None,
+    ) -> list[RecordedEvent]:
         """A stream's events in version order; with `as_of`, only those recorded at or before it."""
-        sql = (f"SELECT {_COLUMNS} FROM events WHERE stream_id = $1 AND stream_version >= $2"
-               " AND ($3::bigint IS NULL OR stream_version <= $3)"
-               " AND ($4::timestamptz IS NULL OR recorded_at <= $4) ORDER BY stream_version")
+        sql = (
+            f"SELECT {_COLUMNS} FROM events WHERE stream_id = $1 AND stream_version >= $2"
+            " AND ($3::bigint IS NULL OR stream_version <= $3)"
+            " AND ($4::timestamptz IS NULL OR recorded_at <= $4) ORDER BY stream_version"
+        )
         args = (stream_id, from_version, to_version, as_of)
         if conn is not None:
             rows = await conn.fetch(sql, *args)
@@ -160,15 +190,18 @@ class EventStore:
         sql = "SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = $1"
         return await (conn or self.pool).fetchval(sql, stream_id)
 
-    async def read_all(self, after: Cursor = START, limit: int = 1000, *,
-                       conn: asyncpg.Connection | None = None) -> list[RecordedEvent]:
+    async def read_all(
+        self, after: Cursor = START, limit: int = 1000, *, conn: asyncpg.Connection | None = None
+    ) -> list[RecordedEvent]:
         """Up to `limit` events after `after`, in follower order, only from finished
         transactions. Pass the last event's `.cursor` back to continue; an empty list means
         the follower is caught up (for now)."""
-        sql = (f"SELECT {_COLUMNS} FROM events"
-               " WHERE (transaction_id, global_position) > ($1::text::xid8, $2::bigint)"
-               "   AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())"
-               " ORDER BY transaction_id, global_position LIMIT $3")
+        sql = (
+            f"SELECT {_COLUMNS} FROM events"
+            " WHERE (transaction_id, global_position) > ($1::text::xid8, $2::bigint)"
+            "   AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())"
+            " ORDER BY transaction_id, global_position LIMIT $3"
+        )
         args = (str(after.transaction_id), after.global_position, limit)
         rows = await (conn or self.pool).fetch(sql, *args)
         return [_row_to_event(r) for r in rows]
@@ -188,7 +221,8 @@ class EventStore:
         row = await self.pool.fetchrow(
             "SELECT transaction_id::text::bigint AS tx, global_position FROM events"
             " WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot())"
-            " ORDER BY transaction_id DESC, global_position DESC LIMIT 1")
+            " ORDER BY transaction_id DESC, global_position DESC LIMIT 1"
+        )
         return Cursor(row["tx"], row["global_position"]) if row else START
 
     # ------------------------------------------------------------------ integrity
@@ -210,36 +244,44 @@ class EventStore:
             async for r in conn.cursor(sql, stream_prefix, prefetch=5000):
                 sid, ver, pos = r["stream_id"], r["stream_version"], r["global_position"]
                 if r["computed"] != r["hash"]:
-                    findings.append(Finding("tampered", sid, ver, pos,
-                                            "stored hash does not match the event's content"))
+                    findings.append(
+                        Finding("tampered", sid, ver, pos, "stored hash does not match the event's content")
+                    )
                 expected_prev = r["expected_prev"] or GENESIS_HASH
                 if r["prev_hash"] != expected_prev:
-                    findings.append(Finding("broken_link", sid, ver, pos,
-                                            "prev_hash does not match the previous event's hash"))
+                    findings.append(
+                        Finding("broken_link", sid, ver, pos, "prev_hash does not match the previous event's hash")
+                    )
                 expected_ver = (r["prev_version"] or 0) + 1
                 if ver != expected_ver:
-                    findings.append(Finding("version_gap", sid, ver, pos,
-                                            f"version {ver} follows {expected_ver - 1}"))
+                    findings.append(Finding("version_gap", sid, ver, pos, f"version {ver} follows {expected_ver - 1}"))
         return findings
 
     # ------------------------------------------------------------------ idempotency keys
-    async def idempotent_response(self, scope: str, key: str, request_hash: str, *,
-                                  conn: asyncpg.Connection | None = None) -> dict[str, Any] | None:
+    async def idempotent_response(
+        self, scope: str, key: str, request_hash: str, *, conn: asyncpg.Connection | None = None
+    ) -> dict[str, Any] | None:
         """The stored response of an earlier command with this key, or None.
         Raises IdempotencyKeyReused when the key came with a different request."""
         row = await (conn or self.pool).fetchrow(
-            "SELECT request_hash, response FROM idempotency_keys WHERE scope = $1 AND key = $2", scope, key)
+            "SELECT request_hash, response FROM idempotency_keys WHERE scope = $1 AND key = $2", scope, key
+        )
         if row is None:
             return None
         if row["request_hash"] != request_hash:
             raise IdempotencyKeyReused(scope, key)
         return row["response"]
 
-    async def save_idempotent_response(self, conn: asyncpg.Connection, scope: str, key: str,
-                                       request_hash: str, response: dict[str, Any]) -> None:
+    async def save_idempotent_response(
+        self, conn: asyncpg.Connection, scope: str, key: str, request_hash: str, response: dict[str, Any]
+    ) -> None:
         """Record a command's response in the caller's transaction. A concurrent request
         with the same key that committed first makes this raise WrongExpectedVersion-like
         UniqueViolationError; the caller then rolls back and returns the stored response."""
         await conn.execute(
             "INSERT INTO idempotency_keys (scope, key, request_hash, response) VALUES ($1, $2, $3, $4)",
-            scope, key, request_hash, response)
+            scope,
+            key,
+            request_hash,
+            response,
+        )

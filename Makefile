@@ -1,0 +1,69 @@
+# closeloop — the Makefile is the interface. `make run` and `make test` are all you need.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST := $(BIN)/python -m pytest
+
+.PHONY: help venv run run-fresh test test-unit test-integration test-e2e lint fmt schemas schemas-check bench up down clean
+
+help:
+	@echo "make run          start the whole platform on the embedded PostgreSQL + Kafka-compatible broker, run the demo"
+	@echo "make run-fresh    same, after wiping the local data in .closeloop/"
+	@echo "make test         unit, integration (real PostgreSQL + Kafka protocol) and end-to-end tests"
+	@echo "make schemas      regenerate schemas/ (JSON Schema per event, AsyncAPI, OpenAPI)"
+	@echo "make lint | fmt   ruff + mypy | ruff format"
+	@echo "make bench        benchmarks (append rate, command-to-read-model latency)"
+	@echo "make up | down    docker compose (Apache Kafka + PostgreSQL + services), where Docker exists"
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 is required, found {sys.version.split()[0]}"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python -m libs.devstack up
+
+run-fresh: $(STAMP)
+	$(BIN)/python -m libs.devstack up --fresh
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(PYTEST) -q -p no:cacheprovider tests
+
+test-unit: $(STAMP)
+	$(PYTEST) -q tests/unit
+
+test-integration: $(STAMP)
+	$(PYTEST) -q tests/integration
+
+test-e2e: $(STAMP)
+	$(PYTEST) -q tests/e2e
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy libs services
+
+fmt: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+schemas: $(STAMP)
+	$(BIN)/python -m libs.schemas
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+up:
+	docker compose up --build -d
+
+down:
+	docker compose down
+
+clean:
+	rm -rf .closeloop .pytest_cache .ruff_cache .mypy_cache

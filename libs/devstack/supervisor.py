@@ -1,0 +1,241 @@
+"""`make run`: the whole platform on one machine, under one supervisor.
+
+Starts the embedded PostgreSQL (data kept in .closeloop/pgdata unless --fresh) and the
+Tansu broker (memory only), then the relay, orders and projector as separate
+processes, restarts a process that dies, runs the demo from the seed, writes the
+endpoints to .closeloop/dev.json, and on Ctrl-C (or SIGTERM) stops every process it
+started. Each child also gets PR_SET_PDEATHSIG, so even a kill -9 of the supervisor
+leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from libs.devstack.kafka import EmbeddedKafka
+from libs.devstack.postgres import EmbeddedPostgres
+from libs.devstack.procs import die_with_parent, free_port
+
+console = Console()
+ROOT = Path(__file__).resolve().parents[2]
+STATE = ROOT / ".closeloop"
+
+# The processes of the platform, started in this order. Later issues add payments,
+# rma, shipping and notifications here.
+SERVICES = ["relay", "orders", "projector"]
+
+
+@dataclass
+class Child:
+    name: str
+    port: int
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: list[float] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", f"services.{self.name}"], cwd=ROOT,
+                                     env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                     preexec_fn=die_with_parent(signal.SIGTERM))
+        log.close()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 15) -> None:
+        if not self.alive():
+            return
+        assert self.proc is not None
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def _wait_ready(child: Child, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if not child.alive():
+            tail = child.log_path.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"{child.name} exited during start-up; log tail:\n{tail}")
+        try:
+            r = httpx.get(f"{child.url}/readyz", timeout=1)
+            if r.status_code == 200:
+                return
+            last = r.text
+        except httpx.HTTPError as exc:
+            last = str(exc)
+        time.sleep(0.2)
+    raise TimeoutError(f"{child.name} not ready after {timeout:.0f} s: {last}")
+
+
+class Supervisor:
+    def __init__(self, fresh: bool, demo: bool) -> None:
+        self.fresh = fresh
+        self.demo = demo
+        self.pg: EmbeddedPostgres | None = None
+        self.kafka: EmbeddedKafka | None = None
+        self.children: list[Child] = []
+        self.stopping = False
+
+    def start(self) -> None:
+        STATE.mkdir(exist_ok=True)
+        logs = STATE / "logs"
+        logs.mkdir(exist_ok=True)
+        if self.fresh and (STATE / "pgdata").exists():
+            console.print("[yellow]--fresh: removing .closeloop/pgdata[/]")
+            shutil.rmtree(STATE / "pgdata")
+        t0 = time.monotonic()
+        self.pg = EmbeddedPostgres(STATE / "pgdata", log_path=logs / "postgres.log")
+        self.pg.start()
+        console.print(f"PostgreSQL   {self.pg.dsn}   [dim]({time.monotonic() - t0:.1f} s)[/]")
+        t0 = time.monotonic()
+        self.kafka = EmbeddedKafka(log_path=logs / "kafka.log")
+        self.kafka.start()
+        console.print(f"Kafka (Tansu) {self.kafka.bootstrap}   [dim]({time.monotonic() - t0:.1f} s)[/]")
+        base_env = {**os.environ, "DATABASE_URL": self.pg.dsn, "KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap,
+                    "CLOSELOOP_ENVIRONMENT": "development", "PYTHONUNBUFFERED": "1"}
+        for name in SERVICES:
+            port = free_port()
+            child = Child(name, port, {**base_env, "CLOSELOOP_HTTP_PORT": str(port)}, logs / f"{name}.log")
+            child.start()
+            self.children.append(child)
+        for child in self.children:
+            t0 = time.monotonic()
+            _wait_ready(child)
+            console.print(f"{child.name:<12} {child.url}   [dim]ready in {time.monotonic() - t0:.1f} s[/]")
+        self.write_endpoints()
+
+    def endpoints(self) -> dict[str, object]:
+        assert self.pg and self.kafka
+        return {
+            "postgres_url": self.pg.dsn,
+            "kafka_bootstrap_servers": self.kafka.bootstrap,
+            "services": {c.name: c.url for c in self.children},
+            "docs": {c.name: f"{c.url}/docs" for c in self.children if c.name != "relay"},
+            "logs": str(STATE / "logs"),
+            "pids": {c.name: c.proc.pid for c in self.children if c.proc},
+        }
+
+    def write_endpoints(self) -> None:
+        (STATE / "dev.json").write_text(json.dumps(self.endpoints(), indent=2) + "\n")
+
+    def watch(self) -> None:
+        """Restart a child that died (at most 5 times a minute), until asked to stop."""
+        while not self.stopping:
+            for child in self.children:
+                if not child.alive() and not self.stopping:
+                    now = time.monotonic()
+                    child.restarts = [t for t in child.restarts if now - t < 60]
+                    if len(child.restarts) >= 5:
+                        console.print(f"[red]{child.name} keeps dying; see {child.log_path}[/]")
+                        continue
+                    console.print(f"[yellow]{child.name} exited (rc={child.proc.returncode if child.proc else '?'});"
+                                  " restarting[/]")
+                    child.restarts.append(now)
+                    child.start()
+                    self.write_endpoints()
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        self.stopping = True
+        for child in reversed(self.children):
+            child.stop()
+        if self.kafka:
+            self.kafka.stop()
+        if self.pg:
+            self.pg.stop()
+        with contextlib.suppress(FileNotFoundError):
+            (STATE / "dev.json").unlink()
+
+
+def _summary(sup: Supervisor, demo_result: dict | None) -> None:
+    table = Table(title="closeloop is running", show_lines=False)
+    table.add_column("what")
+    table.add_column("where")
+    for c in sup.children:
+        table.add_row(c.name, c.url + ("" if c.name == "relay" else "   (API docs: /docs)"))
+    assert sup.pg and sup.kafka
+    table.add_row("kafka", sup.kafka.bootstrap)
+    table.add_row("postgres", sup.pg.dsn)
+    table.add_row("endpoints file", str(STATE / "dev.json"))
+    console.print(table)
+    if demo_result:
+        console.print(demo_result.get("table") or demo_result)
+
+
+app = typer.Typer(add_completion=False, help="closeloop development stack")
+
+
+@app.command()
+def up(fresh: bool = typer.Option(False, "--fresh", help="wipe .closeloop/pgdata first"),
+       demo: bool = typer.Option(True, "--demo/--no-demo", help="run the seed demo after start-up"),
+       exit_after_demo: bool = typer.Option(False, "--exit-after-demo",
+                                            help="stop everything after the demo (for scripts and tests)")) -> None:
+    """Start PostgreSQL, Kafka, relay, orders and projector; run the demo; wait for Ctrl-C."""
+    sup = Supervisor(fresh, demo)
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    rc = 0
+    try:
+        sup.start()
+        result = None
+        if demo:
+            from libs.devstack.demo import run_demo
+
+            result = asyncio.run(run_demo(sup.endpoints()))
+        _summary(sup, result)
+        if exit_after_demo:
+            return
+        console.print("[bold]Press Ctrl-C to stop every process.[/]")
+        sup.watch()
+    except KeyboardInterrupt:
+        console.print("\nstopping…")
+    except Exception as exc:
+        console.print(f"[red]start-up failed: {exc}[/]")
+        rc = 1
+    finally:
+        sup.stop()
+        console.print("all processes stopped.")
+    raise typer.Exit(rc)
+
+
+@app.command()
+def status() -> None:
+    """Print the endpoints of the running stack (from .closeloop/dev.json)."""
+    path = STATE / "dev.json"
+    if not path.exists():
+        console.print("not running (no .closeloop/dev.json)")
+        raise typer.Exit(1)
+    console.print_json(path.read_text())
+
+
+def cli() -> None:
+    app()

@@ -1,0 +1,1 @@
+"""HTTP conventions shared by every service: error bodies, request context, health."""

@@ -1,0 +1,126 @@
+"""One place that maps domain and store errors to HTTP.
+
+Every error body has the same shape:
+    {"error": {"code": ..., "message": ..., "details": {...}}}
+422 bodies list each bad field: details.fields = [{"field": "slot.start", "rule": "..."}].
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from libs.domain.errors import Conflict, DomainError, InvalidTransition, NotFound, RuleViolation
+from libs.domain.money import CurrencyMismatch
+from libs.eventstore import DuplicateEventId, IdempotencyKeyReused, WrongExpectedVersion
+
+
+def error_body(code: str, message: str, **details: Any) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "details": details}}
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)
+    return out or ".".join(str(p) for p in loc)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        fields = [
+            {"field": _field_path(tuple(err.get("loc", ()))), "rule": err.get("msg", ""), "type": err.get("type", "")}
+            for err in exc.errors()
+        ]
+        summary = "; ".join(f"{f['field']}: {f['rule']}" for f in fields)
+        return JSONResponse(
+            error_body("validation_error", f"invalid request: {summary}", fields=fields), status_code=422
+        )
+
+    @app.exception_handler(InvalidTransition)
+    async def _transition(_: Request, exc: InvalidTransition) -> JSONResponse:
+        return JSONResponse(error_body(exc.code, exc.message, **exc.details), status_code=409)
+
+    @app.exception_handler(RuleViolation)
+    async def _rule(_: Request, exc: RuleViolation) -> JSONResponse:
+        return JSONResponse(
+            error_body(exc.code, exc.message, fields=[{"field": exc.field, "rule": exc.rule}]), status_code=422
+        )
+
+    @app.exception_handler(CurrencyMismatch)
+    async def _currency(_: Request, exc: CurrencyMismatch) -> JSONResponse:
+        return JSONResponse(
+            error_body("currency_mismatch", str(exc), fields=[{"field": "currency", "rule": str(exc)}]), status_code=422
+        )
+
+    @app.exception_handler(NotFound)
+    async def _not_found(_: Request, exc: NotFound) -> JSONResponse:
+        return JSONResponse(error_body(exc.code, exc.message, **exc.details), status_code=404)
+
+    @app.exception_handler(Conflict)
+    async def _conflict(_: Request, exc: Conflict) -> JSONResponse:
+        return JSONResponse(error_body(exc.code, exc.message, **exc.details), status_code=409)
+
+    @app.exception_handler(DomainError)
+    async def _domain(_: Request, exc: DomainError) -> JSONResponse:
+        return JSONResponse(error_body(exc.code, exc.message, **exc.details), status_code=422)
+
+    @app.exception_handler(WrongExpectedVersion)
+    async def _version(_: Request, exc: WrongExpectedVersion) -> JSONResponse:
+        return JSONResponse(
+            error_body(
+                "version_conflict",
+                str(exc),
+                stream_id=exc.stream_id,
+                expected_version=exc.expected,
+                current_version=exc.actual,
+            ),
+            status_code=409,
+        )
+
+    @app.exception_handler(IdempotencyKeyReused)
+    async def _idem(_: Request, exc: IdempotencyKeyReused) -> JSONResponse:
+        return JSONResponse(
+            error_body(
+                "idempotency_key_reused",
+                str(exc),
+                fields=[{"field": "Idempotency-Key", "rule": "reused with a different request"}],
+            ),
+            status_code=422,
+        )
+
+    @app.exception_handler(DuplicateEventId)
+    async def _dup(_: Request, exc: DuplicateEventId) -> JSONResponse:
+        return JSONResponse(error_body("duplicate_event", str(exc)), status_code=409)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else "error"
+        return JSONResponse(
+            error_body(f"http_{exc.status_code}", detail),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(asyncpg.exceptions.ConnectionDoesNotExistError)
+    async def _db_gone(_: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(
+            error_body("database_unavailable", "the database is unavailable; retry shortly"),
+            status_code=503,
+            headers={"Retry-After": "2"},
+        )
+
+    @app.exception_handler(OSError)
+    async def _os(_: Request, exc: OSError) -> JSONResponse:
+        return JSONResponse(
+            error_body("service_unavailable", f"a dependency is unavailable: {exc.strerror or exc}"),
+            status_code=503,
+            headers={"Retry-After": "2"},
+        )

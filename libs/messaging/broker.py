@@ -1,0 +1,42 @@
+"""Construction of FastStream KafkaBrokers with the settings that matter.
+
+Producers: acks="all"; idempotence and transactions stay off because aiokafka's
+InitProducerId v0 fails on Tansu (see ../shared/notes/infrastructure.md). Exactly-once
+effects are the job of the outbox relay and the consumers' processed-event records in
+PostgreSQL, not of Kafka transactions.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from faststream.kafka import KafkaBroker
+
+from libs.settings import ServiceSettings
+
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
+
+def make_broker(settings: ServiceSettings, *, client_id: str, **kwargs: Any) -> KafkaBroker:
+    return KafkaBroker(
+        settings.kafka_bootstrap_servers,
+        client_id=client_id,
+        acks="all",
+        enable_idempotence=False,
+        max_request_size=MAX_MESSAGE_BYTES,
+        linger_ms=kwargs.pop("linger_ms", 2),
+        log_level=kwargs.pop("log_level", logging.WARNING),
+        graceful_timeout=kwargs.pop("graceful_timeout", 10.0),
+        **kwargs,
+    )
+
+
+def consumer_options(settings: ServiceSettings) -> dict[str, Any]:
+    """Subscriber keyword arguments tuned by settings (group join time, fetch wait)."""
+    return {
+        "session_timeout_ms": settings.kafka_session_timeout_ms,
+        "heartbeat_interval_ms": settings.kafka_heartbeat_interval_ms,
+        "fetch_max_wait_ms": settings.kafka_fetch_max_wait_ms,
+        "auto_offset_reset": "earliest",
+    }

@@ -1,0 +1,155 @@
+"""The outbox relay: publishes every stored event to Kafka, at least once, in order.
+
+Loop: read the next batch after the checkpoint (libs.eventstore read_all, which never
+skips a late-committing transaction), send each event keyed by its stream id to its
+service's topic, wait for every acknowledgement (acks=all), then store the new
+checkpoint in PostgreSQL. A crash anywhere before the checkpoint commit means the batch
+is sent again after restart: duplicates are possible, losses are not. Consumers drop
+duplicates by event id (libs.messaging.inbox).
+
+Per-stream order: a stream's events are read in version order, a stream always maps to
+one partition (key = stream id), and aiokafka keeps at most one produce request in
+flight per broker connection, so a retried batch cannot overtake a later one.
+
+The relay does not sleep-poll: each append NOTIFYs `closeloop_events` on commit and the
+relay wakes on it; a slow timer remains as a safety net.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import asyncpg
+from faststream.kafka import KafkaBroker
+
+from libs.eventstore import START, Cursor, EventStore, RecordedEvent
+from libs.messaging import envelope
+
+log = logging.getLogger("closeloop.relay")
+
+NOTIFY_CHANNEL = "closeloop_events"
+
+# Failpoint for the crash-safety test: kill the process after the batch was sent and
+# acknowledged by Kafka but before the checkpoint commit - the worst moment.
+FAILPOINT_ENV = "CLOSELOOP_FAILPOINT"
+FAILPOINT_AFTER_PUBLISH = "relay.after_publish_before_checkpoint"
+
+
+@dataclass
+class RelayStats:
+    published: int = 0
+    batches: int = 0
+    last_cursor: Cursor = START
+    last_publish_at: float = 0.0
+
+
+class Relay:
+    def __init__(self, store: EventStore, broker: KafkaBroker, route: Callable[[str], str], *,
+                 name: str = "kafka", batch_size: int = 1000, idle_poll_seconds: float = 1.0) -> None:
+        self.store = store
+        self.broker = broker
+        self.route = route
+        self.name = name
+        self.batch_size = batch_size
+        self.idle_poll_seconds = idle_poll_seconds
+        self.stats = RelayStats()
+        self._wake = asyncio.Event()
+        self._listen_conn: asyncpg.Connection | None = None
+
+    async def checkpoint(self) -> Cursor:
+        row = await self.store.pool.fetchrow(
+            "SELECT transaction_id::text::bigint AS tx, global_position FROM relay_checkpoints WHERE name = $1",
+            self.name)
+        return Cursor(row["tx"], row["global_position"]) if row else START
+
+    async def _save_checkpoint(self, cursor: Cursor, count: int) -> None:
+        await self.store.pool.execute(
+            """INSERT INTO relay_checkpoints (name, transaction_id, global_position, published, updated_at)
+               VALUES ($1, $2::text::xid8, $3, $4, now())
+               ON CONFLICT (name) DO UPDATE SET transaction_id = EXCLUDED.transaction_id,
+                   global_position = EXCLUDED.global_position,
+                   published = relay_checkpoints.published + EXCLUDED.published, updated_at = now()""",
+            self.name, str(cursor.transaction_id), cursor.global_position, count)
+
+    async def _publish(self, batch: list[RecordedEvent]) -> None:
+        futures = []
+        for event in batch:
+            key, value, headers = envelope.encode(event)
+            fut = await self.broker.publish(
+                value, topic=self.route(event.stream_id), key=key, headers=headers,
+                correlation_id=headers[envelope.H_CORRELATION], no_confirm=True)
+            futures.append(fut)
+        await asyncio.gather(*futures)  # raises if any send failed: the checkpoint stays
+
+    async def publish_once(self) -> int:
+        """Publish one batch after the checkpoint; returns how many events it held."""
+        cursor = await self.checkpoint()
+        batch = await self.store.read_all(cursor, self.batch_size)
+        if not batch:
+            return 0
+        await self._publish(batch)
+        if os.environ.get(FAILPOINT_ENV) == FAILPOINT_AFTER_PUBLISH:
+            log.warning("failpoint %s: killing the relay before its checkpoint", FAILPOINT_AFTER_PUBLISH)
+            os.kill(os.getpid(), signal.SIGKILL)
+        await self._save_checkpoint(batch[-1].cursor, len(batch))
+        self.stats.published += len(batch)
+        self.stats.batches += 1
+        self.stats.last_cursor = batch[-1].cursor
+        self.stats.last_publish_at = time.time()
+        return len(batch)
+
+    async def _listen(self) -> None:
+        if self.store.dsn is None:
+            return  # no dedicated connection possible: rely on the idle poll
+        self._listen_conn = await asyncpg.connect(self.store.dsn)
+        await self._listen_conn.add_listener(NOTIFY_CHANNEL, lambda *_: self._wake.set())
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Publish until `stop` is set. Errors (broker or database away) are retried
+        with backoff; nothing is skipped."""
+        await self._listen()
+        backoff = 0.2
+        try:
+            while not stop.is_set():
+                try:
+                    self._wake.clear()
+                    n = await self.publish_once()
+                    backoff = 0.2
+                    if n == self.batch_size:
+                        continue  # more waiting
+                    if n == 0:
+                        with contextlib.suppress(asyncio.TimeoutError):
+                            await asyncio.wait_for(self._wait_wake_or_stop(stop), self.idle_poll_seconds)
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, Exception) as exc:
+                    if stop.is_set():
+                        break
+                    log.warning("relay error, retrying in %.1fs: %s", backoff, exc)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+        finally:
+            if self._listen_conn is not None:
+                with contextlib.suppress(Exception):
+                    await self._listen_conn.close()
+
+    async def _wait_wake_or_stop(self, stop: asyncio.Event) -> None:
+        wake = asyncio.create_task(self._wake.wait())
+        stopped = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({wake, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            wake.cancel()
+            stopped.cancel()
+
+    async def lag(self) -> int:
+        """Events stored but not yet published (approximate: by position)."""
+        cursor = await self.checkpoint()
+        return await self.store.pool.fetchval(
+            "SELECT count(*) FROM events WHERE (transaction_id, global_position) > ($1::text::xid8, $2)",
+            str(cursor.transaction_id), cursor.global_position)

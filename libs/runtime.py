@@ -1,0 +1,71 @@
+"""Running a service process: uvicorn plus background loops in one event loop, with
+SIGTERM/SIGINT stopping everything cleanly, and logs as JSON lines."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+
+import orjson
+import uvicorn
+from fastapi import FastAPI
+
+Background = Callable[[asyncio.Event], Awaitable[None]]
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname,
+               "logger": record.name, "msg": record.getMessage()}
+        for key in ("correlation_id", "service"):
+            if hasattr(record, key):
+                out[key] = getattr(record, key)
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(out).decode()
+
+
+def setup_logging(level: str, service: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in ("aiokafka", "faststream", "uvicorn.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.LoggerAdapter(root, {"service": service})
+
+
+async def serve(app: FastAPI, host: str, port: int, background: list[Background] | None = None) -> None:
+    """Serve `app` and run each background loop until SIGTERM/SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="on")
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # we handle signals
+    app.state.stop = stop
+    tasks = [asyncio.create_task(server.serve(), name="http")]
+
+    async def _background_after_startup(fn: Background) -> None:
+        while not server.started and not stop.is_set():
+            await asyncio.sleep(0.02)
+        await fn(stop)
+
+    tasks += [asyncio.create_task(_background_after_startup(fn), name=getattr(fn, "__name__", "bg"))
+              for fn in background or []]
+    stopper = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+    for t in done:
+        if t is not stopper and t.exception() is not None:
+            logging.getLogger("closeloop.runtime").error("task %s failed", t.get_name(), exc_info=t.exception())
+    stop.set()
+    server.should_exit = True
+    for t in tasks:
+        with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
+            await asyncio.wait_for(t, 15)

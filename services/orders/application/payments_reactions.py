@@ -1,0 +1,88 @@
+"""How the orders service reacts to the payments service's events (topic payments.events).
+
+Runs inside the consumer's transaction (libs.messaging.consumer): the claimed event ids,
+the appended order/bill events and the Kafka offsets commit together, so a redelivered
+payment event changes nothing. Each event is applied in its own savepoint: an event the
+domain refuses (e.g. a checkout started for an order that is already prepaid) is logged
+and skipped without holding up the rest of the batch. A concurrency conflict aborts the
+whole batch, which the consumer retries.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+
+import asyncpg
+
+from libs.application.unit_of_work import CommandContext, UnitOfWork
+from libs.domain.errors import DomainError
+from libs.domain.events import DomainEvent, UnknownEventType, registry
+from libs.eventstore import EventStore
+from libs.messaging.envelope import EventEnvelope
+from services.orders.application.services import deadline_timer_id
+from services.orders.domain.bill import Bill
+from services.orders.domain.events import BillKind, BillStatus, OrderStatus
+from services.orders.domain.order import Order
+from services.payments.domain import events as pay
+
+log = logging.getLogger("closeloop.orders.payments")
+
+
+class PaymentsReactions:
+    def __init__(self, store: EventStore, clock: Callable[[], datetime]) -> None:
+        self.store = store
+        self.clock = clock
+        self.rejected: list[tuple[str, str]] = []  # (event id, reason), for /readyz and tests
+
+    async def handle(self, conn: asyncpg.Connection, envelopes: list[EventEnvelope]) -> None:
+        for e in envelopes:
+            try:
+                event = registry.decode(e.event_type, e.schema_version, e.data)
+            except UnknownEventType:
+                continue  # payments events the orders service does not care about
+            ctx = CommandContext(actor="orders", role="service", correlation_id=e.correlation_id,
+                                 causation_id=str(e.event_id))
+            try:
+                async with conn.transaction():  # savepoint
+                    uow = UnitOfWork(self.store, conn, ctx)
+                    await self.react(uow, event, self.clock())
+                    await uow.flush()
+            except DomainError as exc:
+                log.warning("payments event %s %s refused by the order: %s", e.event_type, e.event_id, exc)
+                self.rejected.append((str(e.event_id), str(exc)))
+
+    async def react(self, uow: UnitOfWork, event: DomainEvent, at: datetime) -> None:
+        match event:
+            case pay.PaymentAttemptStarted():
+                bill = await uow.get(Bill, event.bill_id)
+                if bill.kind is BillKind.PREPAYMENT:
+                    order = await uow.get(Order, event.order_id)
+                    order.start_checkout(event.attempt_id, at)
+                bill.start_payment(event.attempt_id, at)
+            case pay.PaymentAttemptFailed():
+                bill = await uow.get(Bill, event.bill_id)
+                if bill.kind is BillKind.PREPAYMENT:
+                    order = await uow.get(Order, event.order_id)
+                    if order.status is OrderStatus.PROCESSING:
+                        order.abandon_checkout(event.attempt_id, event.reason, at)
+                if bill.status is BillStatus.PROCESSING:
+                    bill.abandon_payment(event.attempt_id, event.reason, at)
+            case pay.PrepaymentCaptured():
+                order = await uow.get(Order, event.order_id)
+                reference = ",".join(t.reference for t in event.tenders) or event.bill_id
+                order.record_prepayment(event.bill_id, event.amount, reference, at)
+                bill = await uow.get(Bill, event.bill_id)
+                if bill.status in (BillStatus.PENDING, BillStatus.PROCESSING):
+                    bill.pay(event.amount, reference, at)
+                await uow.cancel_timer(deadline_timer_id(event.order_id))
+            case pay.BillSettled():
+                order = await uow.get(Order, event.order_id)
+                bill = await uow.get(Bill, event.bill_id)
+                reference = ",".join(t.reference for t in event.tenders) or event.bill_id
+                if bill.status is not BillStatus.COMPLETED:
+                    bill.pay(event.total, reference, at)
+                order.record_settlement(event.bill_id, event.total, at)
+            case _:
+                pass

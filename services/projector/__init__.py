@@ -1,0 +1,1 @@
+"""The projector: builds read models from Kafka and serves the query API."""

@@ -1,0 +1,59 @@
+"""Wires the relay process: event store, Kafka broker, topics, health endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from fastapi import FastAPI
+
+from libs.eventstore import EventStore
+from libs.messaging.broker import make_broker
+from libs.messaging.relay import Relay
+from libs.messaging.topics import ensure_topics, topic_router
+from libs.runtime import serve, setup_logging
+from libs.settings import ServiceSettings
+from services.registry import STREAM_TOPICS, TOPICS
+
+log = logging.getLogger("closeloop.relay")
+
+
+class RelaySettings(ServiceSettings):
+    relay_batch_size: int = 1000
+    relay_name: str = "kafka"
+
+
+async def main() -> None:
+    settings = RelaySettings()
+    setup_logging(settings.log_level, "relay")
+    store = await EventStore.connect(settings.database_url, max_size=4)
+    await ensure_topics(settings.kafka_bootstrap_servers, TOPICS, partitions=settings.kafka_topic_partitions,
+                        replication=settings.kafka_replication_factor)
+    broker = make_broker(settings, client_id="closeloop-relay")
+    await broker.start()
+    relay = Relay(store, broker, topic_router(STREAM_TOPICS), name=settings.relay_name,
+                  batch_size=settings.relay_batch_size)
+    app = FastAPI(title="closeloop relay")
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        """Liveness."""
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> dict:
+        """Readiness: the database answers; reports the relay's position and lag."""
+        cursor = await relay.checkpoint()
+        return {"status": "ready", "checkpoint": str(cursor), "lag": await relay.lag(),
+                "published_since_start": relay.stats.published}
+
+    try:
+        log.info("relay publishing to %s", settings.kafka_bootstrap_servers)
+        await serve(app, settings.http_host, settings.http_port, background=[relay.run])
+    finally:
+        await broker.stop()
+        await store.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
