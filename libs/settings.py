@@ -39,7 +39,9 @@ class ServiceSettings(BaseSettings):
     kafka_heartbeat_interval_ms: int = Field(default=500, ge=100)
     kafka_fetch_max_wait_ms: int = Field(default=10, ge=0)
     kafka_topic_partitions: int = Field(default=6, ge=1)
-    kafka_group_prefix: str = Field(default="", description="prefix of every consumer group id, e.g. 'staging-'")
+    instance_prefix: str = Field(
+        default="", description="prefix of consumer group ids and timer owners, so that several independent "
+                                "deployments (or test stacks) can share one Kafka and one PostgreSQL, e.g. 'staging-'")
     kafka_replication_factor: int = Field(default=1, ge=1)
 
     @model_validator(mode="after")

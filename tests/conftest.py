@@ -23,11 +23,17 @@ if "XDG_RUNTIME_DIR" not in os.environ:  # platformdirs warns (an error under py
 
 
 def _docker_available() -> bool:
+    """A Docker daemon answers (checked only when a socket or DOCKER_HOST exists)."""
+    if not os.environ.get("DOCKER_HOST") and not Path("/var/run/docker.sock").exists():
+        return False
     try:
         import docker
 
-        docker.from_env(timeout=2).ping()
-        return True
+        client = docker.from_env(timeout=2)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
     except Exception:
         return False
 

@@ -236,7 +236,7 @@ class EventStore:
                                         schema_version, recorded_at, data, metadata) AS computed,
                    lag(hash) OVER w AS expected_prev, lag(stream_version) OVER w AS prev_version
               FROM events
-             WHERE ($1::text IS NULL OR stream_id LIKE $1 || '%')
+             WHERE ($1::text IS NULL OR left(stream_id, length($1)) = $1)
             WINDOW w AS (PARTITION BY stream_id ORDER BY stream_version)
              ORDER BY stream_id, stream_version"""
         findings: list[Finding] = []

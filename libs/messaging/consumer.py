@@ -9,6 +9,7 @@ acknowledgement makes Kafka redeliver events whose ids are already claimed.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -17,10 +18,17 @@ from typing import Any
 
 import asyncpg
 
+from libs.eventstore import WrongExpectedVersion
 from libs.messaging import envelope as env
 from libs.messaging.inbox import claim, save_offsets
 
 log = logging.getLogger("closeloop.consumer")
+
+# Errors after which the same batch is simply retried: concurrency conflicts and a database
+# that is restarting or unreachable.
+TRANSIENT = (WrongExpectedVersion, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError,
+             asyncpg.exceptions.SerializationError, asyncpg.exceptions.DeadlockDetectedError,
+             asyncpg.exceptions.CannotConnectNowError)
 
 Handler = Callable[[asyncpg.Connection, list[env.EventEnvelope]], Awaitable[None]]
 
@@ -59,7 +67,19 @@ class EnvelopeBatchConsumer:
                 self.stats.undecodable += 1
                 log.error("%s: undecodable message at %s/%s@%s: %s", self.name, rec.topic, rec.partition,
                           rec.offset, exc)
-        applied = await self.process(envelopes, offsets)
+        attempt = 0
+        while True:
+            try:
+                applied = await self.process(envelopes, offsets)
+                break
+            except TRANSIENT as exc:
+                # Nothing was committed; try the same batch again. Acknowledging it instead
+                # would skip it until a restart, so a transient fault must never do that.
+                attempt += 1
+                delay = min(0.05 * 2**attempt, 5.0)
+                log.warning("%s: batch failed (%s: %s); retry %d in %.2fs", self.name, type(exc).__name__, exc,
+                            attempt, delay)
+                await asyncio.sleep(delay)
         self.stats.last_batch_seconds = time.perf_counter() - started
         return applied
 

@@ -53,7 +53,7 @@ class OrdersContainer:
 def build_broker(settings: OrdersSettings, consumer: EnvelopeBatchConsumer) -> KafkaBroker:
     broker = make_broker(settings, client_id="closeloop-orders")
 
-    @broker.subscriber(PAYMENTS_EVENTS, group_id=settings.kafka_group_prefix + CONSUMER_GROUP, batch=True, max_records=200,
+    @broker.subscriber(PAYMENTS_EVENTS, group_id=settings.instance_prefix + CONSUMER_GROUP, batch=True, max_records=200,
                        batch_timeout_ms=20, ack_policy=AckPolicy.MANUAL, title="orders consumes payments.events",
                        **consumer_options(settings))
     async def on_payments_events(body: list[Any], msg: KafkaMessage) -> None:
@@ -70,9 +70,9 @@ async def start(settings: OrdersSettings) -> OrdersContainer:
                                      max_size=settings.db_pool_max)
     await ensure_topics(settings.kafka_bootstrap_servers, TOPICS, partitions=settings.kafka_topic_partitions,
                         replication=settings.kafka_replication_factor)
-    service = OrdersService(store, policy, catalogue)
+    service = OrdersService(store, policy, catalogue, timer_owner=settings.instance_prefix + OWNER)
     reactions = PaymentsReactions(store, utcnow)
-    consumer = EnvelopeBatchConsumer(store.pool, settings.kafka_group_prefix + CONSUMER_GROUP, reactions.handle)
+    consumer = EnvelopeBatchConsumer(store.pool, settings.instance_prefix + CONSUMER_GROUP, reactions.handle)
     broker = build_broker(settings, consumer)
 
     async def on_deadline(timer: Timer) -> None:
@@ -80,7 +80,7 @@ async def start(settings: OrdersSettings) -> OrdersContainer:
                              reason="payment deadline reached")
         await service.expire_payment_deadline(timer.payload["order_id"], ctx)
 
-    timers = TimerRunner(store.pool, OWNER, {TIMER_PAYMENT_DEADLINE: on_deadline},
+    timers = TimerRunner(store.pool, settings.instance_prefix + OWNER, {TIMER_PAYMENT_DEADLINE: on_deadline},
                          poll_seconds=settings.timer_poll_seconds)
     waiter = ProjectionWaiter(store.pool, store.dsn)
     await waiter.start()

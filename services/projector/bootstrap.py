@@ -50,7 +50,7 @@ async def migrate_projector(store: EventStore) -> None:
 def build_broker(settings: ProjectorSettings, consumer: EnvelopeBatchConsumer) -> KafkaBroker:
     broker = make_broker(settings, client_id="closeloop-projector")
 
-    @broker.subscriber(ORDERS_EVENTS, group_id=settings.kafka_group_prefix + CONSUMER_GROUP, batch=True,
+    @broker.subscriber(ORDERS_EVENTS, group_id=settings.instance_prefix + CONSUMER_GROUP, batch=True,
                        max_records=settings.projector_batch_max_records,
                        batch_timeout_ms=settings.projector_batch_timeout_ms,
                        ack_policy=AckPolicy.MANUAL, title="projector consumes orders.events",
@@ -71,7 +71,7 @@ async def start(settings: ProjectorSettings) -> Projector:
     await ensure_topics(settings.kafka_bootstrap_servers, TOPICS, partitions=settings.kafka_topic_partitions,
                         replication=settings.kafka_replication_factor)
     orders = OrdersProjection(store)
-    consumer = EnvelopeBatchConsumer(store.pool, f"{settings.kafka_group_prefix}{CONSUMER_GROUP}.{orders.name}",
+    consumer = EnvelopeBatchConsumer(store.pool, f"{settings.instance_prefix}{CONSUMER_GROUP}.{orders.name}",
                                      orders.apply)
     broker = build_broker(settings, consumer)
     await broker.start()

@@ -78,6 +78,7 @@ class OrdersService:
     store: EventStore
     policy: PrepaymentPolicy
     catalogue: Catalogue
+    timer_owner: str = OWNER
     clock: Callable[[], datetime] = utcnow
 
     async def _run(self, ctx: CommandContext, scope: str, fn: Callable[[UnitOfWork, datetime], Any]) -> CommandResult:
@@ -112,7 +113,7 @@ class OrdersService:
                 assert bill_id and order.estimated_total and decision.payment_deadline
                 uow.add(Bill.issue_prepayment(bill_id, order_id, order.estimated_total, at))
                 # The deadline timer is stored with the events: it fires after a restart too.
-                await uow.schedule_timer(deadline_timer_id(order_id), OWNER, TIMER_PAYMENT_DEADLINE,
+                await uow.schedule_timer(deadline_timer_id(order_id), self.timer_owner, TIMER_PAYMENT_DEADLINE,
                                          order.stream_id, decision.payment_deadline, {"order_id": order_id})
             return order_response(order)
 

@@ -1,0 +1,198 @@
+"""The event store contract bound to the PostgreSQL implementation, plus what is specific
+to PostgreSQL: transaction-id ordering, the hash chain against direct SQL edits, migrations.
+
+Runs against the session's real PostgreSQL (tests/conftest.py). Nothing is truncated: each
+test uses its own random streams, and the migration tests use a database of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import asyncpg
+import pytest
+
+from libs.eventstore import NO_STREAM, EventStore, Finding, WrongExpectedVersion
+from libs.eventstore.migrate import EVENTSTORE_MIGRATIONS, MigrationError, migrate
+from tests.integration.eventstore_contract import EventStoreContract, event, events, new_stream
+
+pytestmark = pytest.mark.integration
+
+
+def _database_dsn(dsn: str, database: str) -> str:
+    return urlsplit(dsn)._replace(path=f"/{database}").geturl()
+
+
+@pytest.fixture
+async def fresh_database(pg_dsn: str) -> AsyncIterator[str]:
+    """A new, empty database on the test server (dropped afterwards): DSN."""
+    name = f"contract_{uuid.uuid4().hex[:16]}"
+    admin = await asyncpg.connect(pg_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield _database_dsn(pg_dsn, name)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+def _kinds(findings: list[Finding]) -> set[tuple[str, str, int]]:
+    return {(f.kind, f.stream_id, f.stream_version) for f in findings}
+
+
+class TestPostgresEventStore(EventStoreContract):
+    idempotency_key_conflict = asyncpg.UniqueViolationError
+
+    @pytest.fixture
+    def store(self, store: EventStore) -> EventStore:  # the session's store from tests/conftest.py
+        return store
+
+    async def wait_until_blocked(self, store: EventStore) -> None:
+        while not await store.pool.fetchval(
+            "SELECT count(*) > 0 FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            "   AND query LIKE 'INSERT INTO idempotency_keys%'"
+        ):
+            await asyncio.sleep(0.01)
+
+    # ------------------------------------------------------------------ transaction-id order
+    async def test_per_stream_order_is_kept_when_a_transaction_got_its_id_before_the_stream_head(
+        self, store: EventStore
+    ) -> None:
+        start = await store.head()
+        stream = new_stream()
+        await store.append(stream, NO_STREAM, events(2))
+
+        for any_version in (False, True):
+            other = new_stream()
+            async with store.pool.acquire() as conn_a:
+                tx_a = conn_a.transaction()
+                await tx_a.start()
+                try:
+                    # A writes elsewhere first, so it holds an older transaction id ...
+                    a = await store.append(other, NO_STREAM, [event("A")], conn=conn_a)
+                    # ... then B advances the stream and commits
+                    head_before = await store.stream_version(stream)
+                    b = await store.append(stream, head_before, [event("B")])
+                    assert b.transaction_id > a.transaction_id
+                    # A now sees B's head; storing version n+1 with A's older id would let a
+                    # follower deliver it before B's version n: refused, retry the transaction
+                    with pytest.raises(WrongExpectedVersion) as info:
+                        await store.append(stream, None if any_version else head_before + 1, [event("A2")], conn=conn_a)
+                    assert info.value.retryable is True
+                finally:
+                    await tx_a.rollback()
+            assert await store.read_stream(other) == []
+            read = await store.read_stream(stream)
+            assert [e.event_type for e in read][-1] == "B"
+            assert all(e.event_type != "A2" for e in read)
+
+        # the retry of the whole transaction gets a younger id and succeeds
+        async with store.transaction() as conn:
+            await store.append(new_stream(), NO_STREAM, [event("A")], conn=conn)
+            retried = await store.append(stream, 4, [event("A2")], conn=conn)
+        assert retried.first_version == 5
+        followed = [e.stream_version async for batch in store.iter_all(start) for e in batch if e.stream_id == stream]
+        assert followed == [1, 2, 3, 4, 5]
+
+    # ------------------------------------------------------------------ hash chain
+    async def _chain(self, store: EventStore, n: int = 4) -> tuple[str, str]:
+        prefix = f"tamper{uuid.uuid4().hex}-"
+        stream = f"{prefix}s"
+        await store.append(stream, NO_STREAM, events(n))
+        return prefix, stream
+
+    async def test_clean_stream_verifies_with_no_findings(self, store: EventStore) -> None:
+        prefix, stream = await self._chain(store)
+        await store.append(f"{prefix}t", NO_STREAM, events(3))
+        await store.append(stream, 4, [event("Later", amount_minor=10**15, text="对账 ✅")])
+        assert await store.verify(stream_prefix=prefix) == []
+
+    async def test_edited_event_row_is_detected_by_hash_chain(self, store: EventStore) -> None:
+        prefix, stream = await self._chain(store)
+        await store.pool.execute(
+            "UPDATE events SET data = data || '{\"n\": 1000}'::jsonb WHERE stream_id = $1 AND stream_version = 2",
+            stream,
+        )
+        assert _kinds(await store.verify(stream_prefix=prefix)) == {("tampered", stream, 2)}
+
+    async def test_edited_and_rehashed_row_breaks_the_link_to_its_successor(self, store: EventStore) -> None:
+        prefix, stream = await self._chain(store)
+        await store.pool.execute(
+            "UPDATE events SET data = data || '{\"n\": 1000}'::jsonb WHERE stream_id = $1 AND stream_version = 2",
+            stream,
+        )
+        await store.pool.execute(
+            "UPDATE events SET hash = closeloop_event_hash(prev_hash, event_id, stream_id, stream_version,"
+            " event_type, schema_version, recorded_at, data, metadata)"
+            " WHERE stream_id = $1 AND stream_version = 2",
+            stream,
+        )
+        assert _kinds(await store.verify(stream_prefix=prefix)) == {("broken_link", stream, 3)}
+
+    async def test_deleted_event_row_is_detected(self, store: EventStore) -> None:
+        prefix, stream = await self._chain(store)
+        await store.pool.execute("DELETE FROM events WHERE stream_id = $1 AND stream_version = 2", stream)
+        assert _kinds(await store.verify(stream_prefix=prefix)) == {
+            ("version_gap", stream, 3),
+            ("broken_link", stream, 3),
+        }
+
+    # ------------------------------------------------------------------ migrations
+    async def test_migrations_are_applied_once_even_when_started_concurrently(self, fresh_database: str) -> None:
+        conns = [await asyncpg.connect(fresh_database) for _ in range(3)]
+        try:
+            results = await asyncio.wait_for(
+                asyncio.gather(*(migrate(c, {"eventstore": EVENTSTORE_MIGRATIONS}) for c in conns)), 60
+            )
+            assert sorted(results) == [[], [], ["eventstore:0001_event_store"]]
+            rows = await conns[0].fetch("SELECT component, version, name FROM schema_migrations")
+            assert [tuple(r) for r in rows] == [("eventstore", 1, "event_store")]
+            assert await migrate(conns[1], {"eventstore": EVENTSTORE_MIGRATIONS}) == []
+        finally:
+            for c in conns:
+                await c.close()
+        # the migrated database is a working event store
+        fresh = await EventStore.connect(fresh_database, max_size=2)
+        try:
+            stream = new_stream()
+            await fresh.append(stream, NO_STREAM, events(2))
+            assert [e.stream_version for e in await fresh.read_all()] == [1, 2]
+            assert await fresh.verify() == []
+        finally:
+            await fresh.close()
+
+    async def test_changed_migration_file_is_refused(self, fresh_database: str, tmp_path: Path) -> None:
+        folder = tmp_path / "migrations"
+        folder.mkdir()
+        path = folder / "0001_widgets.sql"
+        original = "CREATE TABLE widgets (id integer PRIMARY KEY);\n"
+        path.write_text(original)
+        conn = await asyncpg.connect(fresh_database)
+        try:
+            assert await migrate(conn, {"widgets": folder}) == ["widgets:0001_widgets"]
+            assert await migrate(conn, {"widgets": folder}) == []
+
+            path.write_text("CREATE TABLE widgets (id integer PRIMARY KEY, name text);\n")
+            with pytest.raises(MigrationError, match="changed after it was applied"):
+                await migrate(conn, {"widgets": folder})
+            columns = await conn.fetch(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = 'widgets'"
+            )
+            assert [r["column_name"] for r in columns] == ["id"]
+        finally:
+            await conn.close()
+        # the refusal released the migration lock: another starter is not blocked
+        path.write_text(original)
+        other = await asyncpg.connect(fresh_database)
+        try:
+            t0 = time.monotonic()
+            assert await asyncio.wait_for(migrate(other, {"widgets": folder}), 10) == []
+            assert time.monotonic() - t0 < 5
+        finally:
+            await other.close()
