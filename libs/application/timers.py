@@ -2,9 +2,10 @@
 
 A timer row is written in the same transaction as the event that arms it, so it exists
 exactly when that event does, and it survives any restart. The owning service's
-TimerRunner fires due timers: it claims a batch with FOR UPDATE SKIP LOCKED (several
-replicas never fire the same timer at once), runs the handler, and marks the timer
-fired. Handlers must be idempotent (e.g. expiring a deadline of an order that was paid
+TimerRunner fires due timers: it claims a batch with a lease (UPDATE ... FOR UPDATE SKIP
+LOCKED, so several replicas never claim the same timer), runs each handler outside
+that short transaction, and marks the timer fired. A replica that dies mid-handler
+leaves the lease to expire, and another replica fires the timer then. Handlers must be idempotent (e.g. expiring a deadline of an order that was paid
 meanwhile is a no-op), because a crash after the handler's own commit and before the
 timer is marked fires it again.
 """
@@ -53,41 +54,51 @@ TimerHandler = Callable[[Timer], Awaitable[None]]
 
 class TimerRunner:
     def __init__(self, pool: asyncpg.Pool, owner: str, handlers: dict[str, TimerHandler], *,
-                 poll_seconds: float = 0.5, batch: int = 50) -> None:
+                 poll_seconds: float = 0.5, batch: int = 50, lease_seconds: float = 60) -> None:
         self.pool = pool
         self.owner = owner
         self.handlers = handlers
         self.poll_seconds = poll_seconds
         self.batch = batch
+        self.lease_seconds = lease_seconds
         self.fired = 0
 
     async def fire_due(self) -> int:
         """Fire every timer due now; returns how many fired."""
         fired = 0
         while True:
-            async with self.pool.acquire() as conn, conn.transaction():
-                rows = await conn.fetch(
-                    """SELECT timer_id, owner, kind, stream_id, due_at, payload, attempts FROM timers
-                        WHERE owner = $1 AND fired_at IS NULL AND due_at <= now()
-                        ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED""", self.owner, self.batch)
-                for row in rows:
-                    timer = Timer(**dict(row))
-                    handler = self.handlers.get(timer.kind)
-                    try:
-                        if handler is None:
-                            raise LookupError(f"no handler for timer kind {timer.kind!r}")
-                        await handler(timer)
-                    except Exception as exc:
-                        # Retry later with a growing delay; the error stays visible on the row.
-                        delay = min(2 ** timer.attempts, 300)
-                        log.warning("timer %s failed (attempt %d): %s", timer.timer_id, timer.attempts + 1, exc)
-                        await conn.execute(
-                            """UPDATE timers SET attempts = attempts + 1, last_error = $2,
-                                      due_at = now() + make_interval(secs => $3) WHERE timer_id = $1""",
-                            timer.timer_id, str(exc)[:500], float(delay))
-                        continue
-                    await conn.execute("UPDATE timers SET fired_at = now() WHERE timer_id = $1", timer.timer_id)
-                    fired += 1
+            # Claim a batch with a lease (a short transaction); replicas skip claimed rows.
+            rows = await self.pool.fetch(
+                """UPDATE timers SET locked_until = now() + make_interval(secs => $3)
+                    WHERE timer_id IN (
+                        SELECT timer_id FROM timers
+                         WHERE owner = $1 AND fired_at IS NULL AND due_at <= now()
+                           AND (locked_until IS NULL OR locked_until < now())
+                         ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+                RETURNING timer_id, owner, kind, stream_id, due_at, payload, attempts""",
+                self.owner, self.batch, self.lease_seconds)
+            for row in sorted(rows, key=lambda r: r["due_at"]):
+                timer = Timer(**dict(row))
+                handler = self.handlers.get(timer.kind)
+                try:
+                    if handler is None:
+                        raise LookupError(f"no handler for timer kind {timer.kind!r}")
+                    await handler(timer)
+                except Exception as exc:
+                    # Retry later with a growing delay; the error stays visible on the row.
+                    delay = min(2**timer.attempts, 300)
+                    log.warning("timer %s failed (attempt %d): %s", timer.timer_id, timer.attempts + 1, exc)
+                    await self.pool.execute(
+                        """UPDATE timers SET attempts = attempts + 1, last_error = $2, locked_until = NULL,
+                                  due_at = now() + make_interval(secs => $3) WHERE timer_id = $1""",
+                        timer.timer_id, str(exc)[:500], float(delay))
+                    continue
+                # The handler may have deleted or re-armed the timer itself; only mark the
+                # claim we made (same due_at) as fired.
+                await self.pool.execute(
+                    "UPDATE timers SET fired_at = now(), locked_until = NULL WHERE timer_id = $1 AND due_at = $2",
+                    timer.timer_id, timer.due_at)
+                fired += 1
             if len(rows) < self.batch:
                 break
         self.fired += fired

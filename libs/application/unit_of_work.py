@@ -142,6 +142,13 @@ async def execute(store: EventStore, ctx: CommandContext, scope: str, fn: Comman
         attempt += 1
         try:
             async with store.transaction() as conn:
+                if key:
+                    # Requests with the same key run one after the other: the second waits here
+                    # until the first commits, then finds its response and returns it.
+                    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"{scope}\n{key}")
+                    stored = await store.idempotent_response(scope, key, ctx.request_hash, conn=conn)
+                    if stored is not None:
+                        return CommandResult(response=stored, replayed=True)
                 uow = UnitOfWork(store, conn, ctx)
                 response = await fn(uow)
                 await uow.flush()

@@ -7,6 +7,7 @@ Every error body has the same shape:
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import asyncpg
@@ -18,6 +19,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from libs.domain.errors import Conflict, DomainError, InvalidTransition, NotFound, RuleViolation
 from libs.domain.money import CurrencyMismatch
 from libs.eventstore import DuplicateEventId, IdempotencyKeyReused, WrongExpectedVersion
+
+log = logging.getLogger("closeloop.http")
 
 
 def error_body(code: str, message: str, **details: Any) -> dict[str, Any]:
@@ -116,6 +119,13 @@ def install_error_handlers(app: FastAPI) -> None:
             status_code=503,
             headers={"Retry-After": "2"},
         )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse(error_body("internal_error", "an unexpected error occurred; nothing was changed "
+                                       "unless the response said so", correlation_id=getattr(
+                                           request.state, "correlation_id", None)), status_code=500)
 
     @app.exception_handler(OSError)
     async def _os(_: Request, exc: OSError) -> JSONResponse:

@@ -5,10 +5,11 @@ the zero-downtime rebuild (issue 5) later."""
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from libs.eventstore import EventStore
-from services.projector.projections.orders import OrdersProjection, envelope_of
+from services.projector.projections.orders import CATEGORIES, OrdersProjection, envelope_of
 
 TABLES = {"rm_orders": "order_id", "rm_bills": "bill_id", "rm_order_history": "event_id"}
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -21,19 +22,31 @@ class Drift:
     only_in: str  # "live" or "rebuilt" (a row that differs shows once on each side)
 
 
-async def rebuild(store: EventStore, schema: str, *, batch_size: int = 5000) -> int:
-    """Create `schema` with empty copies of the read-model tables and replay every event
-    into it. Returns the number of events applied."""
+async def create_shadow(store: EventStore, schema: str) -> None:
+    """(Re)create `schema` with empty copies of the read-model tables (and the projection's
+    stream versions), ready for OrdersProjection(store, schema)."""
     if not _SCHEMA.match(schema) or schema == "public":
         raise ValueError(f"bad shadow schema name {schema!r}")
     async with store.pool.acquire() as conn:
         await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}")
         for table in [*TABLES, "projection_streams"]:
             await conn.execute(f"CREATE TABLE {schema}.{table} (LIKE public.{table} INCLUDING ALL)")
+
+
+async def rebuild(store: EventStore, schema: str, *, batch_size: int = 5000,
+                  order_ids: Collection[str] | None = None) -> int:
+    """Create `schema` with empty copies of the read-model tables and replay every event
+    into it (with `order_ids`, only the order and bill events of those orders, when other
+    writers share the database). Returns the number of events applied."""
+    await create_shadow(store, schema)
     projection = OrdersProjection(store, schema)
+    wanted = None if order_ids is None else set(order_ids)
     applied = 0
     async for batch in store.iter_all(batch_size=batch_size):
-        envs = [envelope_of(r) for r in batch]
+        envs = [envelope_of(r) for r in batch
+                if wanted is None or (r.category in CATEGORIES and r.data.get("order_id") in wanted)]
+        if not envs:
+            continue
         async with store.transaction() as conn:
             applied += await projection.apply(conn, envs)
     return applied

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 import asyncpg
+from pydantic import ValidationError
 
 from libs.application.unit_of_work import CommandContext, UnitOfWork
 from libs.domain.errors import DomainError
@@ -49,7 +50,7 @@ class PaymentsReactions:
                     uow = UnitOfWork(self.store, conn, ctx)
                     await self.react(uow, event, self.clock())
                     await uow.flush()
-            except DomainError as exc:
+            except (DomainError, ValidationError) as exc:
                 log.warning("payments event %s %s refused by the order: %s", e.event_type, e.event_id, exc)
                 self.rejected.append((str(e.event_id), str(exc)))
 
@@ -71,7 +72,7 @@ class PaymentsReactions:
                     bill.abandon_payment(event.attempt_id, event.reason, at)
             case pay.PrepaymentCaptured():
                 order = await uow.get(Order, event.order_id)
-                reference = ",".join(t.reference for t in event.tenders) or event.bill_id
+                reference = _reference(event.tenders, event.bill_id)
                 order.record_prepayment(event.bill_id, event.amount, reference, at)
                 bill = await uow.get(Bill, event.bill_id)
                 if bill.status in (BillStatus.PENDING, BillStatus.PROCESSING):
@@ -80,9 +81,17 @@ class PaymentsReactions:
             case pay.BillSettled():
                 order = await uow.get(Order, event.order_id)
                 bill = await uow.get(Bill, event.bill_id)
-                reference = ",".join(t.reference for t in event.tenders) or event.bill_id
+                reference = _reference(event.tenders, event.bill_id)
                 if bill.status is not BillStatus.COMPLETED:
                     bill.pay(event.total, reference, at)
                 order.record_settlement(event.bill_id, event.total, at)
             case _:
                 pass
+
+
+def _reference(tenders: list[pay.Tender], fallback: str) -> str:
+    """The payment's reference: the (last) third-party payment's, else the first tender's."""
+    third_party = [t.reference for t in tenders if t.kind is pay.TenderKind.THIRD_PARTY]
+    if third_party:
+        return third_party[-1]
+    return tenders[0].reference if tenders else fallback

@@ -9,8 +9,9 @@ States are the seed's 待處理 pending, 處理中 processing, 已完成 complet
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
+from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
 
@@ -51,7 +52,10 @@ LABELS_ZH: dict[BillStatus, str] = BILL_LABELS_ZH
 
 B = BillStatus
 
-PREPAYMENT_TRANSITIONS: dict[BillStatus, dict[str, BillStatus | None]] = {
+# Typed with the base StrEnum because StateMachine takes any status enum (dict keys are invariant).
+Table = Mapping[StrEnum, Mapping[str, StrEnum | None]]
+
+PREPAYMENT_TRANSITIONS: Table = {
     # pay from pending too: member balance and vouchers are captured without the cashier.
     B.PENDING: {"start_payment": B.PROCESSING, "pay": B.COMPLETED, "close": B.CLOSED},
     B.PROCESSING: {"abandon_payment": B.PENDING, "pay": B.COMPLETED, "close": B.CLOSED},
@@ -60,7 +64,7 @@ PREPAYMENT_TRANSITIONS: dict[BillStatus, dict[str, BillStatus | None]] = {
 }
 
 # A final bill before the customer confirmed it: it can be corrected, not paid.
-FINAL_UNCONFIRMED_TRANSITIONS: dict[BillStatus, dict[str, BillStatus | None]] = {
+FINAL_UNCONFIRMED_TRANSITIONS: Table = {
     B.PENDING: {"adjust": None, "confirm": None},
     B.PROCESSING: {},
     B.COMPLETED: {},
@@ -68,7 +72,7 @@ FINAL_UNCONFIRMED_TRANSITIONS: dict[BillStatus, dict[str, BillStatus | None]] = 
 }
 
 # A confirmed final bill: it can be paid, no longer changed.
-FINAL_CONFIRMED_TRANSITIONS: dict[BillStatus, dict[str, BillStatus | None]] = {
+FINAL_CONFIRMED_TRANSITIONS: Table = {
     B.PENDING: {"start_payment": B.PROCESSING, "pay": B.COMPLETED},
     B.PROCESSING: {"abandon_payment": B.PENDING, "pay": B.COMPLETED},
     B.COMPLETED: {},

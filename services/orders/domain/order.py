@@ -12,7 +12,9 @@ its id, revision and total so that its own rules need no second stream.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, time, timedelta
+from enum import StrEnum
 from typing import TypeVar
 from zoneinfo import ZoneInfo
 
@@ -52,7 +54,8 @@ LABELS_ZH: dict[OrderStatus, str] = ORDER_LABELS_ZH
 S = OrderStatus
 
 # command -> target state, per state. Placement is not here: it creates the order.
-ORDER_TRANSITIONS: dict[OrderStatus, dict[str, OrderStatus | None]] = {
+# Typed with the base StrEnum because StateMachine takes any status enum (dict keys are invariant).
+ORDER_TRANSITIONS: Mapping[StrEnum, Mapping[str, StrEnum | None]] = {
     S.AWAITING_PREPAYMENT: {
         "start_checkout": S.PROCESSING,
         "record_prepayment": S.AWAITING_CONFIRMATION,
@@ -377,7 +380,7 @@ class Order(Aggregate):
 _E = TypeVar("_E", CancelledBy, FaultParty)
 
 
-def _enum(kind: type[_E], value: object, field: str) -> _E:
+def _enum(kind: type[_E], value: str, field: str) -> _E:
     try:
         return kind(value)
     except ValueError:

@@ -70,6 +70,9 @@ class PrepaymentPolicy(_Frozen):
     version: Annotated[str, Field(min_length=1, max_length=64)]
     timezone: str = "Asia/Taipei"
     payment_window_minutes: Annotated[int, Field(ge=1, le=1440)] = 15
+    # Overrides the minutes when set: short windows for flash bookings (and for tests that
+    # must see a deadline pass without waiting a minute).
+    payment_window_seconds: Annotated[int, Field(ge=5, le=86400)] | None = None
     product_lines: frozenset[Code] = frozenset()
     time_windows: list[TimeWindow] = Field(default_factory=list)
     max_customer_cancellations: Annotated[int, Field(ge=1)] | None = None
@@ -87,6 +90,13 @@ class PrepaymentPolicy(_Frozen):
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown time zone {value!r}") from None
         return value
+
+    @property
+    def payment_window(self) -> timedelta:
+        """How long the customer has to prepay."""
+        if self.payment_window_seconds is not None:
+            return timedelta(seconds=self.payment_window_seconds)
+        return timedelta(minutes=self.payment_window_minutes)
 
     @property
     def tz(self) -> ZoneInfo:
@@ -163,7 +173,7 @@ def decide(policy: PrepaymentPolicy, *, product_line: str, slot_start: datetime,
             required=False, policy_version=policy.version,
             reasons=[PrepaymentReason(rule=PrepaymentRule.NONE, detail="no prepayment rule matched")])
     # The slot is held while the customer pays, so the window never runs past the slot start.
-    deadline = min(at + timedelta(minutes=policy.payment_window_minutes), slot_start)
+    deadline = min(at + policy.payment_window, slot_start)
     return PrepaymentDecision(required=True, policy_version=policy.version, reasons=reasons,
                               payment_deadline=deadline)
 

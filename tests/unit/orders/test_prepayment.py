@@ -168,3 +168,13 @@ def test_defaults_apply_to_a_minimal_policy() -> None:
     policy = parse_policy(GOOD)
     assert (policy.payment_window_minutes, policy.timezone, policy.product_lines) == (15, "Asia/Taipei",
                                                                                      frozenset())
+
+
+def test_payment_window_in_seconds_overrides_minutes_for_short_deadlines() -> None:
+    policy = parse_policy(GOOD + "payment_window_seconds = 30\nproduct_lines = [\"deep-cleaning\"]\n")
+    at = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)
+    decision = decide(policy, product_line="deep-cleaning", slot_start=at + timedelta(days=2), city="臺北市",
+                      standing=CustomerStanding(), conditions=ConditionsSnapshot(), at=at)
+    assert decision.payment_deadline == at + timedelta(seconds=30)
+    with pytest.raises(ValueError, match="payment_window_seconds"):
+        parse_policy(GOOD + "payment_window_seconds = 1\n")

@@ -1,0 +1,74 @@
+"""The whole platform as separate processes (relay, orders, projector) on the session's
+PostgreSQL and Kafka, exactly as `make run` starts them. Package-scoped: it stops when
+the end-to-end tests are done."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from libs.devstack.client import PaymentsFeed, PlatformClient
+from libs.devstack.procs import free_port
+from libs.devstack.supervisor import Child, _wait_ready
+
+
+@dataclass
+class Stack:
+    children: dict[str, Child]
+    env: dict[str, str]
+    logs: Path
+    kafka_bootstrap: str
+    pg_dsn: str
+    prefix: str
+
+    def url(self, name: str) -> str:
+        return self.children[name].url
+
+
+def start_child(name: str, env: dict[str, str], logs: Path, **extra: str) -> Child:
+    port = free_port()
+    child = Child(name, port, {**env, "CLOSELOOP_HTTP_PORT": str(port), **extra}, logs / f"{name}-{port}.log")
+    child.start()
+    _wait_ready(child, timeout=60)
+    return child
+
+
+@pytest.fixture(scope="package")
+def stack(pg_dsn: str, kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    logs = tmp_path_factory.mktemp("stack-logs")
+    prefix = f"e2e{uuid.uuid4().hex[:6]}-"
+    env = {**os.environ, "DATABASE_URL": pg_dsn, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+           "CLOSELOOP_ENVIRONMENT": "test", "CLOSELOOP_INSTANCE_PREFIX": prefix,
+           "CLOSELOOP_RELAY_NAME": f"{prefix}relay", "PYTHONUNBUFFERED": "1"}
+    children: dict[str, Child] = {}
+    try:
+        for name in ("relay", "orders", "projector"):
+            children[name] = start_child(name, env, logs)
+        yield Stack(children, env, logs, kafka_bootstrap, pg_dsn, prefix)
+    finally:
+        for child in reversed(list(children.values())):
+            child.stop()
+
+
+@pytest.fixture
+async def client(stack: Stack) -> AsyncIterator[PlatformClient]:
+    c = PlatformClient(stack.url("orders"), stack.url("projector"))
+    try:
+        yield c
+    finally:
+        await c.aclose()
+
+
+@pytest.fixture(scope="package")
+async def feed(stack: Stack) -> AsyncIterator[PaymentsFeed]:
+    f = PaymentsFeed(stack.kafka_bootstrap)
+    await f.start()
+    try:
+        yield f
+    finally:
+        await f.stop()
