@@ -5,9 +5,10 @@ exactly when that event does, and it survives any restart. The owning service's
 TimerRunner fires due timers: it claims a batch with a lease (UPDATE ... FOR UPDATE SKIP
 LOCKED, so several replicas never claim the same timer), runs each handler outside
 that short transaction, and marks the timer fired. A replica that dies mid-handler
-leaves the lease to expire, and another replica fires the timer then. Handlers must be idempotent (e.g. expiring a deadline of an order that was paid
-meanwhile is a no-op), because a crash after the handler's own commit and before the
-timer is marked fires it again.
+leaves the lease to expire, and another replica fires the timer then. Handlers must be
+idempotent (e.g. expiring a deadline of an order that was paid meanwhile is a no-op),
+because a crash after the handler's own commit and before the timer is marked fires it
+again.
 """
 
 from __future__ import annotations

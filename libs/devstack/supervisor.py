@@ -33,7 +33,7 @@ from libs.devstack.procs import die_with_parent, free_port
 
 console = Console()
 ROOT = Path(__file__).resolve().parents[2]
-STATE = ROOT / ".closeloop"
+STATE = Path(os.environ.get("CLOSELOOP_STATE_DIR") or ROOT / ".closeloop")
 
 # The processes of the platform, started in this order. Later issues add payments,
 # rma, shipping and notifications here.
@@ -103,7 +103,7 @@ class Supervisor:
         self.stopping = False
 
     def start(self) -> None:
-        STATE.mkdir(exist_ok=True)
+        STATE.mkdir(parents=True, exist_ok=True)
         logs = STATE / "logs"
         logs.mkdir(exist_ok=True)
         if self.fresh and (STATE / "pgdata").exists():

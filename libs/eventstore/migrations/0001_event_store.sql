@@ -60,6 +60,7 @@ LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
     v_count      integer := jsonb_array_length(p_events);
+    v_ids        uuid[];
     v_found      integer;
     v_head_ver   bigint;
     v_head_hash  text;
@@ -77,18 +78,15 @@ BEGIN
     END IF;
 
     -- Idempotent retry: the same event ids were already appended to this stream.
-    SELECT count(*) INTO v_found FROM events ev
-     WHERE ev.event_id IN (SELECT (x->>'event_id')::uuid FROM jsonb_array_elements(p_events) x);
+    -- (An array and = ANY keep this an index lookup; an IN (subquery) can turn into a scan.)
+    v_ids := ARRAY(SELECT (x->>'event_id')::uuid FROM jsonb_array_elements(p_events) x);
+    SELECT count(*) INTO v_found FROM events ev WHERE ev.event_id = ANY(v_ids);
     IF v_found > 0 THEN
         IF v_found = v_count AND NOT EXISTS (
-            SELECT 1 FROM events ev
-             WHERE ev.event_id IN (SELECT (x->>'event_id')::uuid FROM jsonb_array_elements(p_events) x)
-               AND ev.stream_id <> p_stream_id) THEN
+            SELECT 1 FROM events ev WHERE ev.event_id = ANY(v_ids) AND ev.stream_id <> p_stream_id) THEN
             RETURN QUERY SELECT ev.global_position, ev.stream_version, ev.event_id, ev.recorded_at,
                                 ev.transaction_id, ev.hash, true
-                           FROM events ev
-                          WHERE ev.event_id IN (SELECT (x->>'event_id')::uuid FROM jsonb_array_elements(p_events) x)
-                          ORDER BY ev.stream_version;
+                           FROM events ev WHERE ev.event_id = ANY(v_ids) ORDER BY ev.stream_version;
             RETURN;
         END IF;
         RAISE EXCEPTION 'event id already stored in another append' USING ERRCODE = 'CL003';
@@ -186,6 +184,10 @@ CREATE TABLE timers (
     created_at timestamptz NOT NULL DEFAULT now(),
     fired_at   timestamptz,
     attempts   integer     NOT NULL DEFAULT 0,
-    last_error text
+    last_error text,
+    -- Timers are claimed with a lease instead of a row lock held while the handler runs:
+    -- the handler's own transaction may delete or re-arm the same timer (a cancellation
+    -- cancels the payment-deadline timer), which would wait forever on that row lock.
+    locked_until timestamptz
 );
 CREATE INDEX timers_due_idx ON timers (owner, due_at) WHERE fired_at IS NULL;

@@ -1,0 +1,1 @@
+"""Benchmarks (`make bench`): figures live here, never in timed tests."""
