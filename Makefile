@@ -34,7 +34,7 @@ run-fresh: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(PYTEST) -q -p no:cacheprovider tests
+	$(PYTEST) -q -p no:cacheprovider tests/unit tests/integration tests/e2e
 
 test-unit: $(STAMP)
 	$(PYTEST) -q tests/unit

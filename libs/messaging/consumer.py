@@ -106,3 +106,22 @@ class EnvelopeBatchConsumer:
         if fresh and self.after_commit is not None:
             await self.after_commit(fresh)
         return fresh
+
+
+RETRY_FAILED_BATCH_SECONDS = 1.0
+
+
+async def consume_batch(consumer: EnvelopeBatchConsumer, msg: Any) -> None:
+    """The body of a FastStream batch subscriber with manual acks: process, then ack.
+
+    If processing raises (after the transient retries above), nothing was committed. With
+    manual acks the consumer's position is already past the batch, and the next batch's
+    ack would commit past it for good; so the batch is rewound (nack) to be fetched again.
+    """
+    try:
+        await consumer.process_records(msg.raw_message)
+    except Exception:
+        await asyncio.sleep(RETRY_FAILED_BATCH_SECONDS)  # do not spin on a batch that keeps failing
+        await msg.nack()
+        raise
+    await asyncio.wait_for(msg.ack(), 30)

@@ -75,7 +75,10 @@ class Relay:
                VALUES ($1, $2::text::xid8, $3, $4, now())
                ON CONFLICT (name) DO UPDATE SET transaction_id = EXCLUDED.transaction_id,
                    global_position = EXCLUDED.global_position,
-                   published = relay_checkpoints.published + EXCLUDED.published, updated_at = now()""",
+                   published = relay_checkpoints.published + EXCLUDED.published, updated_at = now()
+               -- never move backwards (a stale writer must not undo a newer checkpoint)
+               WHERE (relay_checkpoints.transaction_id, relay_checkpoints.global_position)
+                     < (EXCLUDED.transaction_id, EXCLUDED.global_position)""",
             self.name, str(cursor.transaction_id), cursor.global_position, count)
 
     async def _publish(self, batch: list[RecordedEvent]) -> None:
@@ -105,38 +108,71 @@ class Relay:
         self.stats.last_publish_at = time.time()
         return len(batch)
 
-    async def _listen(self) -> None:
+    async def _connect_leader(self, stop: asyncio.Event) -> asyncpg.Connection | None:
+        """A dedicated connection that holds this relay name's advisory lock and LISTENs.
+
+        Only one relay per name publishes at a time: a second one (a standby replica) waits
+        here until the first one's connection ends. Returns None if stopped meanwhile.
+        """
         if self.store.dsn is None:
-            return  # no dedicated connection possible: rely on the idle poll
-        self._listen_conn = await asyncpg.connect(self.store.dsn)
-        await self._listen_conn.add_listener(NOTIFY_CHANNEL, lambda *_: self._wake.set())
+            return None
+        announced = False
+        while not stop.is_set():
+            try:
+                conn = await asyncpg.connect(self.store.dsn)
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("relay %s: cannot connect for LISTEN (%s); retrying", self.name, exc)
+                await self._sleep(stop, 1.0)
+                continue
+            if await conn.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", f"relay:{self.name}"):
+                await conn.add_listener(NOTIFY_CHANNEL, lambda *_: self._wake.set())
+                return conn
+            await conn.close()
+            if not announced:
+                log.info("relay %s: another relay with this name is active; standing by", self.name)
+                announced = True
+            await self._sleep(stop, 2.0)
+        return None
+
+    @staticmethod
+    async def _sleep(stop: asyncio.Event, seconds: float) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), seconds)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Publish until `stop` is set. Errors (broker or database away) are retried
-        with backoff; nothing is skipped."""
-        await self._listen()
+        with backoff; nothing is skipped. If the leader connection drops, the lock is
+        gone too: publishing pauses until it is re-acquired."""
         backoff = 0.2
-        try:
-            while not stop.is_set():
-                try:
-                    self._wake.clear()
-                    n = await self.publish_once()
-                    backoff = 0.2
-                    if n == self.batch_size:
-                        continue  # more waiting
-                    if n == 0:
-                        with contextlib.suppress(asyncio.TimeoutError):
-                            await asyncio.wait_for(self._wait_wake_or_stop(stop), self.idle_poll_seconds)
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, Exception) as exc:
-                    if stop.is_set():
+        while not stop.is_set():
+            self._listen_conn = await self._connect_leader(stop)
+            if self._listen_conn is None and self.store.dsn is not None:
+                return  # stopped while standing by
+            try:
+                while not stop.is_set():
+                    if self._listen_conn is not None and self._listen_conn.is_closed():
+                        log.warning("relay %s: leader connection lost; re-acquiring", self.name)
                         break
-                    log.warning("relay error, retrying in %.1fs: %s", backoff, exc)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 5.0)
-        finally:
-            if self._listen_conn is not None:
-                with contextlib.suppress(Exception):
-                    await self._listen_conn.close()
+                    try:
+                        self._wake.clear()
+                        n = await self.publish_once()
+                        backoff = 0.2
+                        if n == self.batch_size:
+                            continue  # more waiting
+                        if n == 0:
+                            with contextlib.suppress(asyncio.TimeoutError):
+                                await asyncio.wait_for(self._wait_wake_or_stop(stop), self.idle_poll_seconds)
+                    except Exception as exc:
+                        if stop.is_set():
+                            break
+                        log.warning("relay error, retrying in %.1fs: %s", backoff, exc)
+                        await asyncio.sleep(backoff)
+                        backoff = min(backoff * 2, 5.0)
+            finally:
+                if self._listen_conn is not None:
+                    with contextlib.suppress(Exception):
+                        await self._listen_conn.close()
+                    self._listen_conn = None
 
     async def _wait_wake_or_stop(self, stop: asyncio.Event) -> None:
         wake = asyncio.create_task(self._wake.wait())

@@ -3,7 +3,6 @@ the durable timer runner and the command API."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from libs.application.timers import Timer, TimerRunner
 from libs.application.unit_of_work import CommandContext
 from libs.eventstore import EventStore
 from libs.messaging.broker import consumer_options, make_broker
-from libs.messaging.consumer import EnvelopeBatchConsumer
+from libs.messaging.consumer import EnvelopeBatchConsumer, consume_batch
 from libs.messaging.topics import ensure_topics
 from libs.runtime import serve, setup_logging
 from libs.settings import ServiceSettings
@@ -57,8 +56,9 @@ def build_broker(settings: OrdersSettings, consumer: EnvelopeBatchConsumer) -> K
                        batch_timeout_ms=20, ack_policy=AckPolicy.MANUAL, title="orders consumes payments.events",
                        **consumer_options(settings))
     async def on_payments_events(body: list[Any], msg: KafkaMessage) -> None:
-        await consumer.process_records(msg.raw_message)
-        await asyncio.wait_for(msg.ack(), 30)
+        # The effects, the processed ids and the offsets commit together; only then is the
+        # batch acknowledged to Kafka (libs/messaging/consumer.py).
+        await consume_batch(consumer, msg)
 
     return broker
 

@@ -3,7 +3,6 @@ orders.events feeding the order read model, and the query API."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ from faststream.kafka import KafkaBroker, KafkaMessage
 from libs.eventstore import EventStore
 from libs.eventstore.migrate import migrate
 from libs.messaging.broker import consumer_options, make_broker
-from libs.messaging.consumer import EnvelopeBatchConsumer
+from libs.messaging.consumer import EnvelopeBatchConsumer, consume_batch
 from libs.messaging.topics import ensure_topics
 from libs.runtime import serve, setup_logging
 from libs.settings import ServiceSettings
@@ -56,10 +55,9 @@ def build_broker(settings: ProjectorSettings, consumer: EnvelopeBatchConsumer) -
                        ack_policy=AckPolicy.MANUAL, title="projector consumes orders.events",
                        **consumer_options(settings))
     async def on_orders_events(body: list[Any], msg: KafkaMessage) -> None:
-        # The read model, the processed ids and the offsets commit together; only then
-        # is the batch acknowledged to Kafka (see libs/messaging/consumer.py).
-        await consumer.process_records(msg.raw_message)
-        await asyncio.wait_for(msg.ack(), 30)
+        # The effects, the processed ids and the offsets commit together; only then is the
+        # batch acknowledged to Kafka (libs/messaging/consumer.py).
+        await consume_batch(consumer, msg)
 
     return broker
 

@@ -94,7 +94,7 @@ class EventStoreContract(abc.ABC):
     async def test_append_then_read_stream_returns_events_in_version_order_with_metadata(
         self, store: EventStore
     ) -> None:
-        stream = new_stream("order")
+        stream = new_stream("ledger")
         cause = uuid.uuid4()
         batch = [
             NewEvent("OrderPlaced", {"lines": 2}, meta(actor="user:alice", role="buyer", correlation_id="corr-1")),
@@ -140,7 +140,7 @@ class EventStoreContract(abc.ABC):
         assert [e.global_position for e in read] == [*result.global_positions, *second.global_positions]
         for recorded, new in zip(read, written, strict=True):
             assert recorded.stream_id == stream
-            assert recorded.category == "order"
+            assert recorded.category == "ledger"
             for key in ("actor", "role", "correlation_id", "causation_id", "recorded_at", "schema_version"):
                 assert key in recorded.metadata, (key, recorded.metadata)
             assert recorded.metadata["actor"] == new.metadata.actor

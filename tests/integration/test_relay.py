@@ -38,6 +38,7 @@ from services.projector.projections.orders import OrdersProjection
 from services.projector.rebuild import create_shadow, diff, drop, rebuild
 from services.registry import ORDERS_EVENTS, PAYMENTS_EVENTS, STREAM_TOPICS, TOPICS
 from tests.integration.helpers import (
+    Story,
     append_stories,
     append_story,
     consumer_for,
@@ -196,9 +197,10 @@ async def test_relay_publishes_each_event_to_its_service_topic_keyed_by_stream_w
                 env.global_position, env.transaction_id, env.recorded_at, env.data, env.metadata) == (
             e.event_id, e.event_type, e.schema_version, e.stream_id, e.stream_version,
             e.global_position, e.transaction_id, e.recorded_at, e.data, e.metadata)
-    # all events of one order share its correlation id; the first has no cause, the others do
+    # all events of one order share its correlation id; only the first one has no cause
     assert len({headers_of(r)[envelope.H_CORRELATION] for r in records}) == 1
-    assert sum(1 for r in records if not headers_of(r)[envelope.H_CAUSATION]) == 1
+    causes = {headers_of(r)[envelope.H_EVENT_ID]: headers_of(r)[envelope.H_CAUSATION] for r in records}
+    assert [i for i, cause in causes.items() if not cause] == [str(story.event_ids[0])]
     # one stream, one partition, versions in order
     assert all(len({r.partition for r in records if r.key == s.encode()}) == 1 for s in stored)
     assert_stream_order(records, {s: len(events) for s, events in stored.items()})
@@ -314,14 +316,14 @@ async def test_relay_resumes_from_its_checkpoint_after_a_clean_restart_without_r
     name = f"it-resume-{uuid.uuid4().hex}"
     first_story, second_story = order_story("completed"), order_story("cancelled_after_prepayment")
 
-    async def run(story_: object) -> tuple[Relay, Cursor, int]:
+    async def run(story_: Story) -> tuple[Relay, Cursor, int]:
         broker = make_broker(ServiceSettings(kafka_bootstrap_servers=topics), client_id="it-relay-resume")
         await broker.start()
         try:
             relay = Relay(store, broker, lambda _stream: private_topic, name=name, batch_size=7)
             start = await relay.checkpoint()
-            await append_story(store, story_)  # type: ignore[arg-type]
-            stored_ = await recorded(store, [story_])  # type: ignore[list-item]
+            await append_story(store, story_)
+            stored_ = await recorded(store, [story_])
             await publish_until(relay, last_cursor(stored_))
             return relay, start, sum(len(v) for v in stored_.values())
         finally:
@@ -331,8 +333,7 @@ async def test_relay_resumes_from_its_checkpoint_after_a_clean_restart_without_r
     first, _, n_first = await run(first_story)
     after_first = await first.checkpoint()
     second, resumed_at, n_second = await run(second_story)
-    assert resumed_at == after_first
-    assert second.stats.published < first.stats.published + n_second  # it did not start over
+    assert resumed_at == after_first  # the second run starts where the first one stopped
 
     stored = await recorded(store, [first_story, second_story])
     consumer = consumer_for(topics, private_topic)
@@ -394,3 +395,46 @@ async def test_relay_waits_for_a_notification_instead_of_polling(
         await read_until(consumer, lambda rs: set(event_ids_of(rs)) >= ids, keep=keyed(story.streams))
     finally:
         await consumer.stop()
+
+
+async def test_only_one_relay_per_name_publishes_and_a_standby_takes_over(
+        store: EventStore, broker: KafkaBroker, private_topic: str) -> None:
+    first = await relay_at_head(store, broker, lambda _stream: private_topic, idle_poll_seconds=0.2)
+    second = Relay(store, broker, lambda _stream: private_topic, name=first.name, idle_poll_seconds=0.2)
+    stop_first, stop_second = asyncio.Event(), asyncio.Event()
+    t1 = asyncio.create_task(first.run(stop_first))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while first._listen_conn is None:  # the first one is the leader
+        assert loop.time() < deadline
+        await asyncio.sleep(0.02)
+    t2 = asyncio.create_task(second.run(stop_second))
+    try:
+        story = order_story("completed")
+        await append_story(store, story)
+        target = last_cursor(await recorded(store, [story]))
+        await publish_until_seen(first, target)
+        await asyncio.sleep(0.5)
+        assert second.stats.published == 0, "a standby relay published while the leader was active"
+
+        stop_first.set()  # the leader goes away; the standby takes over
+        await asyncio.wait_for(t1, 10)
+        story2 = order_story("completed")
+        await append_story(store, story2)
+        target2 = last_cursor(await recorded(store, [story2]))
+        await publish_until_seen(second, target2, timeout=15)
+        assert second.stats.published == len(story2.event_ids)
+    finally:
+        stop_first.set()
+        stop_second.set()
+        for t in (t1, t2):
+            with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
+                await asyncio.wait_for(t, 10)
+
+
+async def publish_until_seen(relay: Relay, target: Cursor, timeout: float = 10) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while relay.stats.last_cursor < target:
+        assert loop.time() < deadline, f"relay {relay.name} did not publish up to {target}"
+        await asyncio.sleep(0.02)

@@ -159,7 +159,7 @@ def create_app(projector: Any | None) -> FastAPI:
             return JSONResponse(error_body("not_ready", f"database: {exc}"), status_code=503)
         s = p.consumer.stats
         return JSONResponse({"status": "ready", "batches": s.batches, "applied": s.applied,
-                               "duplicates": s.duplicates,
+                               "duplicates": s.duplicates, "dead_lettered": p.orders.dead_lettered,
                                "offsets": {f"{t}/{part}": o for (t, part), o in s.offsets.items()}})
 
     @app.get("/orders/{order_id}", response_model=OrderView, tags=["orders"],

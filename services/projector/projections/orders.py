@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
+from pydantic import ValidationError
 
-from libs.domain.events import DomainEvent, registry
+from libs.domain.events import DomainEvent, UnknownEventType, UnsupportedSchemaVersion, registry
 from libs.eventstore import EventStore, RecordedEvent
 from libs.messaging.envelope import EventEnvelope
 from services.orders.domain import events as ev
@@ -169,6 +170,7 @@ class OrdersProjection:
             t + "rm_orders", t + "rm_bills", t + "rm_order_history", t + "projection_streams")
         self._order_upsert = _upsert_sql(self.t_orders, ORDER_COLUMNS, "order_id")
         self._bill_upsert = _upsert_sql(self.t_bills, BILL_COLUMNS, "bill_id")
+        self.dead_lettered = 0
 
     @staticmethod
     def handles(e: EventEnvelope) -> bool:
@@ -200,37 +202,54 @@ class OrdersProjection:
             versions[e.stream_id] = e.stream_version
         if not ordered:
             return 0
-        order_ids = sorted({e.data["order_id"] for e in ordered if e.stream_id.startswith("order-")})
-        bill_ids = sorted({e.data["bill_id"] for e in ordered if e.stream_id.startswith("bill-")})
+        # Decode first: an event that cannot be read (unknown type, a schema version from the
+        # future, a payload the model rejects) is dead-lettered, not allowed to stall the
+        # partition; the read model then lacks its effect, which reconciliation reports.
+        decoded: list[tuple[EventEnvelope, DomainEvent]] = []
+        dead: list[tuple[EventEnvelope, str]] = []
+        for e in ordered:
+            try:
+                event = registry.decode(e.event_type, e.schema_version, e.data)
+            except (UnknownEventType, UnsupportedSchemaVersion, ValidationError) as exc:
+                dead.append((e, f"{type(exc).__name__}: {exc}"))
+                continue
+            expected = ev.OrderEvent if e.stream_id.startswith("order-") else ev.BillEvent
+            if not isinstance(event, expected):
+                dead.append((e, f"{e.event_type} is not an event of a {expected.__name__[:-5].lower()} stream"))
+                continue
+            decoded.append((e, event))
+        order_ids = sorted({x.order_id for _, x in decoded if isinstance(x, ev.OrderEvent)})
+        bill_ids = sorted({x.bill_id for _, x in decoded if isinstance(x, ev.BillEvent)})
         orders = {r["order_id"]: dict(r) for r in await conn.fetch(
             f"SELECT * FROM {self.t_orders} WHERE order_id = ANY($1)", order_ids)} if order_ids else {}
         bills = {r["bill_id"]: dict(r) for r in await conn.fetch(
             f"SELECT * FROM {self.t_bills} WHERE bill_id = ANY($1)", bill_ids)} if bill_ids else {}
-        for e in ordered:
-            event = registry.decode(e.event_type, e.schema_version, e.data)
-            if e.stream_id.startswith("order-"):
-                oid = e.data["order_id"]
-                orders[oid] = reduce_order(orders.get(oid), e, event)
-            else:
-                bid = e.data["bill_id"]
-                bills[bid] = reduce_bill(bills.get(bid), e, event)
-        touched_orders = {e.data["order_id"] for e in ordered if e.stream_id.startswith("order-")}
-        touched_bills = {e.data["bill_id"] for e in ordered if e.stream_id.startswith("bill-")}
-        if touched_orders:
-            await conn.executemany(self._order_upsert,
-                                   [tuple(orders[o][c] for c in ORDER_COLUMNS) for o in sorted(touched_orders)])
-        if touched_bills:
-            await conn.executemany(self._bill_upsert,
-                                   [tuple(bills[b][c] for c in BILL_COLUMNS) for b in sorted(touched_bills)])
+        for e, event in decoded:
+            if isinstance(event, ev.OrderEvent):
+                orders[event.order_id] = reduce_order(orders.get(event.order_id), e, event)
+            elif isinstance(event, ev.BillEvent):
+                bills[event.bill_id] = reduce_bill(bills.get(event.bill_id), e, event)
+        if order_ids:
+            await conn.executemany(self._order_upsert, [tuple(orders[o][c] for c in ORDER_COLUMNS) for o in order_ids])
+        if bill_ids:
+            await conn.executemany(self._bill_upsert, [tuple(bills[b][c] for c in BILL_COLUMNS) for b in bill_ids])
+        if dead:
+            await conn.executemany(
+                """INSERT INTO dead_letters
+                       (consumer, event_id, stream_id, stream_version, event_type, reason, envelope)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (consumer, event_id) DO NOTHING""",
+                [(f"projection:{self.schema}.{self.name}", e.event_id, e.stream_id, e.stream_version, e.event_type,
+                  reason[:1000], e.model_dump(mode="json")) for e, reason in dead])
+            self.dead_lettered += len(dead)
         await conn.executemany(
             f"""INSERT INTO {self.t_history} (event_id, order_id, stream_id, stream_version, global_position,
                     event_type, recorded_at, actor, role, correlation_id, data)
                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (event_id) DO NOTHING""",
-            [history_row(e) for e in ordered])
+            [history_row(e) for e, _ in decoded])
         await conn.executemany(
             f"""INSERT INTO {self.t_streams} (projection, stream_id, version) VALUES ($1, $2, $3)
                 ON CONFLICT (projection, stream_id) DO UPDATE SET version = EXCLUDED.version""",
             [(self.name, s, v) for s, v in versions.items() if s in stream_ids])
         if self.schema == "public":
             await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
-        return len(ordered)
+        return len(decoded)
