@@ -34,6 +34,7 @@ run-fresh: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy libs services
 	$(PYTEST) -q -p no:cacheprovider tests/unit tests/integration tests/e2e
 
 test-unit: $(STAMP)

@@ -48,7 +48,6 @@ async def serve(app: FastAPI, host: str, port: int, background: list[Background]
         loop.add_signal_handler(sig, stop.set)
     config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="on")
     server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # we handle signals
     app.state.stop = stop
     tasks = [asyncio.create_task(server.serve(), name="http")]
 

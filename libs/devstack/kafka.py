@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from libs.devstack.procs import die_with_parent, free_port, port_open, wait_until
 
@@ -43,7 +44,7 @@ class EmbeddedKafka:
 
     def start(self, timeout: float = 15) -> str:
         url = f"tcp://127.0.0.1:{self.port}"
-        out: int | object = subprocess.DEVNULL
+        out: Any = subprocess.DEVNULL
         log = None
         if self.log_path:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)

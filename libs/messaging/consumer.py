@@ -30,7 +30,7 @@ TRANSIENT = (WrongExpectedVersion, asyncpg.PostgresConnectionError, asyncpg.Inte
              asyncpg.exceptions.SerializationError, asyncpg.exceptions.DeadlockDetectedError,
              asyncpg.exceptions.CannotConnectNowError)
 
-Handler = Callable[[asyncpg.Connection, list[env.EventEnvelope]], Awaitable[None]]
+Handler = Callable[[asyncpg.Connection, list[env.EventEnvelope]], Awaitable[Any]]
 
 
 @dataclass

@@ -56,8 +56,8 @@ def _load_models() -> list[type[DomainEvent]]:
 def envelope_model(cls: type[DomainEvent]) -> type[BaseModel]:
     return create_model(
         f"{cls.event_type}Message", __base__=EnvelopeDoc, __doc__=cls.__doc__,
-        event_type=(Literal[cls.event_type], Field(description="event type")),  # type: ignore[valid-type]
-        schema_version=(Literal[cls.schema_version], ...),  # type: ignore[valid-type]
+        event_type=(Literal[cls.event_type], Field(description="event type")),  # type: ignore[valid-type,arg-type]
+        schema_version=(Literal[cls.schema_version], ...),  # type: ignore[valid-type,arg-type]
         data=(cls, ...),
     )
 
