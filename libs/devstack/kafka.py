@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from libs.devstack.procs import die_with_parent, free_port, port_open, wait_until
+from libs.devstack.procs import die_with_parent, free_port, port_open, stop_process, wait_until
 
 
 def broker_bin() -> str:
@@ -60,11 +60,4 @@ class EmbeddedKafka:
         return self.bootstrap
 
     def stop(self, timeout: float = 10) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        stop_process(self.proc, timeout)

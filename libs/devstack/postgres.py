@@ -17,7 +17,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from libs.devstack.procs import die_with_parent, free_port, port_open, wait_until
+from libs.devstack.procs import die_with_parent, free_port, port_open, stop_process, wait_until
 
 PG_USER = "embedded_postgres"
 
@@ -103,14 +103,8 @@ class EmbeddedPostgres:
         return probe.returncode == 0
 
     def stop(self, timeout: float = 20) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGINT)  # fast shutdown: roll back clients, checkpoint, exit
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        # SIGINT is postgres's fast shutdown: roll back clients, checkpoint, exit.
+        stop_process(self.proc, timeout, signal.SIGINT)
 
     def destroy(self) -> None:
         self.stop()

@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 
@@ -43,3 +44,15 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str,
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} did not become ready within {timeout:.0f} s")
         time.sleep(interval)
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 15, sig: int = signal.SIGTERM) -> None:
+    """Ask a child to stop with `sig`, and kill it if it has not exited after `timeout`."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)

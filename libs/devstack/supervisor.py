@@ -29,7 +29,7 @@ from rich.table import Table
 
 from libs.devstack.kafka import EmbeddedKafka
 from libs.devstack.postgres import EmbeddedPostgres
-from libs.devstack.procs import die_with_parent, free_port
+from libs.devstack.procs import die_with_parent, free_port, stop_process
 
 console = Console()
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,15 +64,7 @@ class Child:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self, timeout: float = 15) -> None:
-        if not self.alive():
-            return
-        assert self.proc is not None
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        stop_process(self.proc, timeout)
 
 
 def _wait_ready(child: Child, timeout: float = 60) -> None:
