@@ -28,7 +28,7 @@ import orjson
 from libs.application import timers
 from libs.domain.aggregate import Aggregate
 from libs.domain.errors import NotFound
-from libs.domain.events import DomainEvent, registry
+from libs.domain.events import registry
 from libs.eventstore import AppendResult, EventStore, Metadata, NewEvent, WrongExpectedVersion
 
 log = logging.getLogger("closeloop.uow")
@@ -82,14 +82,21 @@ class UnitOfWork:
 
     async def load(self, cls: type[A], aggregate_id: str) -> A:
         """The aggregate rebuilt from its stream (version 0 if the stream is empty)."""
-        stream_id = cls.stream_id_for(aggregate_id)
-        if stream_id in self._tracked:
-            return self._tracked[stream_id]  # type: ignore[return-value]
-        recorded = await self.store.read_stream(stream_id, conn=self.conn)
-        agg = cls.rehydrate(aggregate_id, (registry.decode(e.event_type, e.schema_version, e.data)
-                                            for e in recorded))
-        self._tracked[stream_id] = agg
-        return agg
+        [agg] = await self.load_many([(cls, aggregate_id)])
+        return agg  # type: ignore[return-value]
+
+    async def load_many(self, wanted: list[tuple[type[Aggregate], str]]) -> list[Aggregate]:
+        """Several aggregates in one query (a command that needs an order, a customer and a
+        schedule pays one round trip). Already loaded ones come from this unit of work."""
+        missing = [cls.stream_id_for(aid) for cls, aid in wanted if cls.stream_id_for(aid) not in self._tracked]
+        if missing:
+            streams = await self.store.read_streams(missing, conn=self.conn)
+            for cls, aid in wanted:
+                sid = cls.stream_id_for(aid)
+                if sid in streams and sid not in self._tracked:
+                    self._tracked[sid] = cls.rehydrate(
+                        aid, (registry.decode(e.event_type, e.schema_version, e.data) for e in streams[sid]))
+        return [self._tracked[cls.stream_id_for(aid)] for cls, aid in wanted]
 
     async def get(self, cls: type[A], aggregate_id: str, *, check_version: bool = False) -> A:
         """Like load(), but NotFound if it does not exist. With check_version, the
@@ -113,17 +120,18 @@ class UnitOfWork:
         await timers.cancel(self.conn, timer_id)
 
     async def flush(self) -> list[AppendResult]:
+        """Append the pending events of every touched aggregate, in one round trip."""
         meta = self.ctx.metadata()
-        for agg in self._tracked.values():
-            pending: list[DomainEvent] = agg.pending
-            if not pending:
-                continue
-            result = await self.store.append(
-                agg.stream_id, agg.version,
-                [NewEvent(e.event_type, e.to_data(), meta, e.schema_version) for e in pending],
-                conn=self.conn)
+        dirty = [agg for agg in self._tracked.values() if agg.pending]
+        if not dirty:
+            return self.appended
+        results = await self.store.append_many(
+            [(agg.stream_id, agg.version, [NewEvent(e.event_type, e.to_data(), meta, e.schema_version)
+                                           for e in agg.pending]) for agg in dirty],
+            conn=self.conn)
+        for agg in dirty:
             agg.mark_saved()
-            self.appended.append(result)
+        self.appended.extend(results)
         return self.appended
 
 

@@ -54,6 +54,22 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, **kwar
     return pool
 
 
+Appends = Sequence[tuple[str, int | None, Sequence[NewEvent]]]
+
+
+def _stream_in(exc: Exception, appends: Appends) -> str:
+    """Which append an error is about: its message or detail names the stream."""
+    text = f"{exc} {getattr(exc, 'detail', '') or ''}"
+    for sid, _, _ in appends:
+        if f"stream {sid} " in text or f"({sid}," in text:
+            return sid
+    return appends[0][0] if len(appends) == 1 else ", ".join(s for s, _, _ in appends)
+
+
+def _expected_of(stream_id: str, appends: Appends) -> int | None:
+    return next((exp for sid, exp, _ in appends if sid == stream_id), None)
+
+
 def _row_to_event(row: asyncpg.Record) -> RecordedEvent:
     return RecordedEvent(
         global_position=row["global_position"],
@@ -112,56 +128,65 @@ class EventStore:
             yield conn
 
     # ------------------------------------------------------------------ writing
-    async def append(
-        self,
-        stream_id: str,
-        expected_version: int | None,
-        events: Sequence[NewEvent],
-        *,
-        conn: asyncpg.Connection | None = None,
-    ) -> AppendResult:
+    async def append(self, stream_id: str, expected_version: int | None, events: Sequence[NewEvent], *,
+                     conn: asyncpg.Connection | None = None) -> AppendResult:
         """Append `events` to `stream_id` atomically.
 
         expected_version: None = any, 0 = the stream must not exist, n = it must be at n.
         Raises WrongExpectedVersion (nothing stored) on a mismatch or a concurrent writer.
         Re-appending the same event ids returns the first result with replayed=True.
         """
-        if not events:
-            raise ValueError("append needs at least one event")
-        payload = [e.to_json() for e in events]
+        [result] = await self.append_many([(stream_id, expected_version, events)], conn=conn)
+        return result
+
+    async def append_many(self, appends: Sequence[tuple[str, int | None, Sequence[NewEvent]]], *,
+                          conn: asyncpg.Connection | None = None) -> list[AppendResult]:
+        """Several appends to different streams in one round trip, all or nothing (each with
+        the guarantees of append()). Returns one AppendResult per append, in order."""
+        if not appends:
+            return []
+        for stream_id, _, events in appends:
+            if not events:
+                raise ValueError(f"append to {stream_id} needs at least one event")
+        if len(appends) == 1:
+            sid, exp, events = appends[0]
+            sql = "SELECT $1::text AS stream_id, * FROM closeloop_append($1, $2, $3)"
+            args: tuple[Any, ...] = (sid, exp, [e.to_json() for e in events])
+        else:
+            sql = "SELECT * FROM closeloop_append_many($1)"
+            args = ([{"stream_id": sid, "expected_version": exp, "events": [e.to_json() for e in events]}
+                     for sid, exp, events in appends],)
         try:
             if conn is None:
                 async with self.pool.acquire() as c:
-                    rows = await c.fetch(
-                        "SELECT * FROM closeloop_append($1, $2, $3)", stream_id, expected_version, payload
-                    )
+                    rows = await c.fetch(sql, *args)
             else:
-                rows = await conn.fetch(
-                    "SELECT * FROM closeloop_append($1, $2, $3)", stream_id, expected_version, payload
-                )
+                rows = await conn.fetch(sql, *args)
         except asyncpg.UniqueViolationError as exc:
             # A concurrent transaction wrote the same stream version (or the same event
             # ids) and committed first: a classic optimistic-concurrency loss.
-            raise WrongExpectedVersion(stream_id, expected_version, None) from exc
+            sid = _stream_in(exc, appends)
+            raise WrongExpectedVersion(sid, _expected_of(sid, appends), None) from exc
         except asyncpg.PostgresError as exc:
             state = getattr(exc, "sqlstate", None)
-            if state == "CL001":
-                actual = int(exc.detail) if getattr(exc, "detail", None) else None
-                raise WrongExpectedVersion(stream_id, expected_version, actual) from exc
-            if state == "CL002":
-                raise WrongExpectedVersion(stream_id, expected_version, None, retryable=True) from exc
+            if state in ("CL001", "CL002"):
+                sid = _stream_in(exc, appends)
+                actual = int(exc.detail) if state == "CL001" and getattr(exc, "detail", None) else None
+                raise WrongExpectedVersion(sid, _expected_of(sid, appends), actual) from exc
             if state == "CL003":
                 raise DuplicateEventId(str(exc)) from exc
             raise
-        return AppendResult(
-            stream_id=stream_id,
-            first_version=rows[0]["stream_version"],
-            last_version=rows[-1]["stream_version"],
-            global_positions=[r["global_position"] for r in rows],
-            event_ids=[r["event_id"] for r in rows],
-            transaction_id=int(str(rows[0]["transaction_id"])),
-            replayed=bool(rows[0]["replayed"]),
-        )
+        by_stream: dict[str, list[asyncpg.Record]] = {}
+        for r in rows:
+            by_stream.setdefault(r["stream_id"], []).append(r)
+        results = []
+        for sid, _, _ in appends:
+            rs = by_stream[sid]
+            results.append(AppendResult(
+                stream_id=sid, first_version=rs[0]["stream_version"], last_version=rs[-1]["stream_version"],
+                global_positions=[r["global_position"] for r in rs], event_ids=[r["event_id"] for r in rs],
+                transaction_id=int(str(rs[0]["transaction_id"])), replayed=bool(rs[0]["replayed"])))
+        return results
 
     # ------------------------------------------------------------------ reading
     async def read_stream(
@@ -185,6 +210,18 @@ class EventStore:
         else:
             rows = await self.pool.fetch(sql, *args)
         return [_row_to_event(r) for r in rows]
+
+    async def read_streams(self, stream_ids: Sequence[str], *,
+                           conn: asyncpg.Connection | None = None) -> dict[str, list[RecordedEvent]]:
+        """Several whole streams in one query: stream id -> events in version order
+        (an empty list for a stream that does not exist)."""
+        out: dict[str, list[RecordedEvent]] = {sid: [] for sid in stream_ids}
+        rows = await (conn or self.pool).fetch(
+            f"SELECT {_COLUMNS} FROM events WHERE stream_id = ANY($1::text[]) ORDER BY stream_id, stream_version",
+            list(stream_ids))
+        for r in rows:
+            out[r["stream_id"]].append(_row_to_event(r))
+        return out
 
     async def stream_version(self, stream_id: str, *, conn: asyncpg.Connection | None = None) -> int:
         sql = "SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = $1"

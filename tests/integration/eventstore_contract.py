@@ -224,6 +224,20 @@ class EventStoreContract(abc.ABC):
             assert read[-1].data["contender"] == winner_event.data["contender"]
 
     # ------------------------------------------------------------------ idempotency
+    async def test_append_many_is_all_or_nothing_across_streams(self, store: EventStore) -> None:
+        a, b, c = new_stream(), new_stream(), new_stream()
+        await store.append(b, 0, events(2))
+        results = await store.append_many([(a, 0, events(2)), (c, 0, events(1))])
+        assert [(r.stream_id, r.first_version, r.last_version) for r in results] == [(a, 1, 2), (c, 1, 1)]
+        assert len({r.transaction_id for r in results}) == 1  # one transaction
+        with pytest.raises(WrongExpectedVersion) as err:
+            # b is at 2, not 1: the whole call fails, and the append to a (valid) is not stored either
+            await store.append_many([(a, 2, events(1)), (b, 1, events(1))])
+        assert err.value.stream_id == b and err.value.actual == 2
+        assert await store.stream_version(a) == 2 and await store.stream_version(b) == 2
+        streams = await store.read_streams([a, b, c, new_stream()])
+        assert [len(v) for v in streams.values()] == [2, 2, 1, 0]
+
     async def test_idempotent_retry_with_same_event_ids_returns_first_result_and_appends_nothing(
         self, store: EventStore
     ) -> None:

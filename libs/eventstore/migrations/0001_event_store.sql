@@ -135,6 +135,25 @@ BEGIN
 END
 $$;
 
+-- Several appends (to different streams) in one round trip, in order, all or nothing:
+-- a command that changes an order, its bill and a schedule pays one network round trip
+-- instead of three. p_appends: JSON array of {stream_id, expected_version, events}.
+CREATE FUNCTION closeloop_append_many(p_appends jsonb)
+RETURNS TABLE (stream_id text, global_position bigint, stream_version bigint, event_id uuid,
+               recorded_at timestamptz, transaction_id xid8, hash text, replayed boolean)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    a jsonb;
+BEGIN
+    FOR a IN SELECT x FROM jsonb_array_elements(p_appends) x LOOP
+        RETURN QUERY SELECT a->>'stream_id', r.global_position, r.stream_version, r.event_id, r.recorded_at,
+                            r.transaction_id, r.hash, r.replayed
+                       FROM closeloop_append(a->>'stream_id', (a->>'expected_version')::bigint, a->'events') r;
+    END LOOP;
+END
+$$;
+
 -- Results of commands that carried an Idempotency-Key: a retry returns the stored
 -- response and appends nothing. Written in the same transaction as the events.
 CREATE TABLE idempotency_keys (

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from libs.application.unit_of_work import CommandContext, CommandResult, UnitOfWork, execute
 from libs.eventstore import EventStore, uuid7
@@ -94,8 +94,10 @@ class OrdersService:
         order_id = str(uuid7())
 
         async def fn(uow: UnitOfWork, at: datetime) -> dict[str, Any]:
-            customer = await uow.load(Customer, cmd.customer_id)
-            conditions = await uow.load(PlatformConditions, PLATFORM_ID)
+            schedule_id = schedule_stream_key(cmd.staff_id, cmd.slot.start, self.policy.tz)
+            loaded = await uow.load_many([(Customer, cmd.customer_id), (PlatformConditions, PLATFORM_ID),
+                                          (StaffSchedule, schedule_id)])
+            customer, conditions, schedule = cast(tuple[Customer, PlatformConditions, StaffSchedule], tuple(loaded))
             decision = decide(self.policy, product_line=item.product_line, slot_start=cmd.slot.start,
                               city=cmd.address.city, standing=customer.standing(at, self.policy),
                               conditions=conditions.snapshot(), at=at)
@@ -106,8 +108,6 @@ class OrdersService:
                                                         use_member_balance=cmd.use_member_balance),
                                 decision=decision, prepayment_bill_id=bill_id, timezone=self.policy.tz, at=at)
             uow.add(order)
-            schedule = await uow.load(StaffSchedule, schedule_stream_key(cmd.staff_id, cmd.slot.start,
-                                                                           self.policy.tz))
             schedule.hold(order_id, cmd.slot, at, self.policy.tz)
             if decision.required:
                 assert bill_id and order.estimated_total and decision.payment_deadline
