@@ -14,6 +14,8 @@ import orjson
 import uvicorn
 from fastapi import FastAPI
 
+from libs.observability import correlation_id
+
 Background = Callable[[asyncio.Event], Awaitable[None]]
 
 
@@ -21,15 +23,22 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out = {"ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname,
                "logger": record.name, "msg": record.getMessage()}
-        for key in ("correlation_id", "service"):
-            if hasattr(record, key):
-                out[key] = getattr(record, key)
+        cid = correlation_id.get()
+        if cid:
+            out["correlation_id"] = cid
+        if SERVICE_NAME:
+            out["service"] = SERVICE_NAME
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(out).decode()
 
 
+SERVICE_NAME = ""
+
+
 def setup_logging(level: str, service: str) -> None:
+    global SERVICE_NAME
+    SERVICE_NAME = service
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
@@ -37,7 +46,6 @@ def setup_logging(level: str, service: str) -> None:
     root.setLevel(level)
     for noisy in ("aiokafka", "faststream", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    logging.LoggerAdapter(root, {"service": service})
 
 
 async def serve(app: FastAPI, host: str, port: int, background: list[Background] | None = None) -> None:

@@ -23,6 +23,8 @@ from typing import Any
 
 import asyncpg
 
+from libs.observability import TIMERS_FIRED
+
 log = logging.getLogger("closeloop.timers")
 
 
@@ -99,6 +101,7 @@ class TimerRunner:
                 await self.pool.execute(
                     "UPDATE timers SET fired_at = now(), locked_until = NULL WHERE timer_id = $1 AND due_at = $2",
                     timer.timer_id, timer.due_at)
+                TIMERS_FIRED.labels(timer.kind).inc()
                 fired += 1
             if len(rows) < self.batch:
                 break

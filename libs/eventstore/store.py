@@ -33,6 +33,7 @@ from libs.eventstore.model import (
     NewEvent,
     RecordedEvent,
 )
+from libs.observability import APPEND_CONFLICTS, EVENTS_APPENDED
 
 _COLUMNS = """global_position, transaction_id::text::bigint AS transaction_id, event_id, stream_id,
     stream_version, event_type, schema_version, data, metadata, recorded_at, prev_hash, hash"""
@@ -165,11 +166,13 @@ class EventStore:
         except asyncpg.UniqueViolationError as exc:
             # A concurrent transaction wrote the same stream version (or the same event
             # ids) and committed first: a classic optimistic-concurrency loss.
+            APPEND_CONFLICTS.inc()
             sid = _stream_in(exc, appends)
             raise WrongExpectedVersion(sid, _expected_of(sid, appends), None) from exc
         except asyncpg.PostgresError as exc:
             state = getattr(exc, "sqlstate", None)
             if state in ("CL001", "CL002"):
+                APPEND_CONFLICTS.inc()
                 sid = _stream_in(exc, appends)
                 actual = int(exc.detail) if state == "CL001" and getattr(exc, "detail", None) else None
                 raise WrongExpectedVersion(sid, _expected_of(sid, appends), actual) from exc
@@ -186,6 +189,10 @@ class EventStore:
                 stream_id=sid, first_version=rs[0]["stream_version"], last_version=rs[-1]["stream_version"],
                 global_positions=[r["global_position"] for r in rs], event_ids=[r["event_id"] for r in rs],
                 transaction_id=int(str(rs[0]["transaction_id"])), replayed=bool(rs[0]["replayed"])))
+            if not rs[0]["replayed"]:
+                # Counted when the statement succeeds; inside a transaction that later rolls
+                # back this over-counts, which a rate metric tolerates.
+                EVENTS_APPENDED.labels(sid.split("-", 1)[0]).inc(len(rs))
         return results
 
     # ------------------------------------------------------------------ reading

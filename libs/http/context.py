@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Header, HTTPException, Request
 
 from libs.application.unit_of_work import CommandContext, request_fingerprint
+from libs.observability import correlation_id
 
 
 class Role(StrEnum):
@@ -53,8 +54,7 @@ async def command_context(
             raise HTTPException(422, 'If-Match must be the expected version number, e.g. "3"')
         expected = int(raw)
     body: Any = await request.body()
-    correlation = x_correlation_id or str(uuid.uuid4())
-    request.state.correlation_id = correlation
+    correlation = x_correlation_id or correlation_id.get() or str(uuid.uuid4())
     return CommandContext(
         actor=x_actor,
         role=x_role.value,

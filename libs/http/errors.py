@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from libs.domain.errors import Conflict, DomainError, InvalidTransition, NotFound, RuleViolation
 from libs.domain.money import CurrencyMismatch
 from libs.eventstore import DuplicateEventId, IdempotencyKeyReused, WrongExpectedVersion
+from libs.observability import HANDLER_ERRORS
 
 log = logging.getLogger("closeloop.http")
 
@@ -123,6 +124,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
+        HANDLER_ERRORS.labels("http", type(exc).__name__).inc()
         return JSONResponse(error_body("internal_error", "an unexpected error occurred; nothing was changed "
                                        "unless the response said so", correlation_id=getattr(
                                            request.state, "correlation_id", None)), status_code=500)

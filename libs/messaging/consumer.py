@@ -21,6 +21,7 @@ import asyncpg
 from libs.eventstore import WrongExpectedVersion
 from libs.messaging import envelope as env
 from libs.messaging.inbox import claim, save_offsets
+from libs.observability import CONSUMER_BATCH_SECONDS, CONSUMER_EVENTS, CONSUMER_LAG, HANDLER_ERRORS
 
 log = logging.getLogger("closeloop.consumer")
 
@@ -76,11 +77,13 @@ class EnvelopeBatchConsumer:
                 # Nothing was committed; try the same batch again. Acknowledging it instead
                 # would skip it until a restart, so a transient fault must never do that.
                 attempt += 1
+                HANDLER_ERRORS.labels(self.name, type(exc).__name__).inc()
                 delay = min(0.05 * 2**attempt, 5.0)
                 log.warning("%s: batch failed (%s: %s); retry %d in %.2fs", self.name, type(exc).__name__, exc,
                             attempt, delay)
                 await asyncio.sleep(delay)
         self.stats.last_batch_seconds = time.perf_counter() - started
+        CONSUMER_BATCH_SECONDS.labels(self.name).observe(self.stats.last_batch_seconds)
         return applied
 
     async def process(self, envelopes: list[env.EventEnvelope],
@@ -101,6 +104,8 @@ class EnvelopeBatchConsumer:
         self.stats.received += len(envelopes)
         self.stats.applied += len(fresh)
         self.stats.duplicates += len(envelopes) - len(fresh)
+        CONSUMER_EVENTS.labels(self.name, "applied").inc(len(fresh))
+        CONSUMER_EVENTS.labels(self.name, "duplicate").inc(len(envelopes) - len(fresh))
         if offsets:
             self.stats.offsets.update(offsets)
         if fresh and self.after_commit is not None:
@@ -125,3 +130,20 @@ async def consume_batch(consumer: EnvelopeBatchConsumer, msg: Any) -> None:
         await msg.nack()
         raise
     await asyncio.wait_for(msg.ack(), 30)
+
+
+async def refresh_consumer_lag(name: str, broker: Any) -> None:
+    """Set the lag gauge of each partition the broker's subscribers own (highwater - position)."""
+    for subscriber in getattr(broker, "subscribers", []):
+        consumer = getattr(subscriber, "consumer", None)
+        if consumer is None:
+            continue
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            if high is None:
+                continue
+            try:
+                position = await asyncio.wait_for(consumer.position(tp), 1)
+            except Exception:
+                continue
+            CONSUMER_LAG.labels(name, tp.topic, str(tp.partition)).set(max(high - position, 0))

@@ -31,6 +31,7 @@ from faststream.kafka import KafkaBroker
 
 from libs.eventstore import START, Cursor, EventStore, RecordedEvent
 from libs.messaging import envelope
+from libs.observability import RELAY_PUBLISHED
 
 log = logging.getLogger("closeloop.relay")
 
@@ -90,6 +91,8 @@ class Relay:
                 correlation_id=headers[envelope.H_CORRELATION], no_confirm=True)
             futures.append(fut)
         await asyncio.gather(*futures)  # raises if any send failed: the checkpoint stays
+        for event in batch:
+            RELAY_PUBLISHED.labels(self.route(event.stream_id)).inc()
 
     async def publish_once(self) -> int:
         """Publish one batch after the checkpoint; returns how many events it held."""

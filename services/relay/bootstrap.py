@@ -11,6 +11,7 @@ from libs.eventstore import EventStore
 from libs.messaging.broker import make_broker
 from libs.messaging.relay import Relay
 from libs.messaging.topics import ensure_topics, topic_router
+from libs.observability import RELAY_LAG, install_metrics
 from libs.runtime import serve, setup_logging
 from libs.settings import ServiceSettings
 from services.registry import STREAM_TOPICS, TOPICS
@@ -34,6 +35,11 @@ async def main() -> None:
     relay = Relay(store, broker, topic_router(STREAM_TOPICS), name=settings.relay_name,
                   batch_size=settings.relay_batch_size)
     app = FastAPI(title="closeloop relay")
+
+    async def on_scrape() -> None:
+        RELAY_LAG.set(await relay.lag())
+
+    install_metrics(app, on_scrape)
 
     @app.get("/healthz")
     async def healthz() -> dict:

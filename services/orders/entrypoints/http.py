@@ -12,6 +12,8 @@ from pydantic import BaseModel, Field
 from libs.application.unit_of_work import CommandResult
 from libs.http.context import Ctx
 from libs.http.errors import error_body, install_error_handlers
+from libs.messaging.consumer import refresh_consumer_lag
+from libs.observability import install_metrics
 from services.orders.domain.commands import (
     AcceptOrder,
     AdjustBill,
@@ -73,12 +75,17 @@ def create_app(orders: Any | None) -> FastAPI:
     app.state.orders = orders
     install_error_handlers(app)
 
+    async def on_scrape() -> None:
+        if orders is not None:
+            await refresh_consumer_lag(orders.consumer.name, orders.broker)
+
+    install_metrics(app, on_scrape)
+
     async def respond(request: Request, response: Response, result: CommandResult, wait: bool,
                       status: int = 200) -> dict[str, Any]:
         body = dict(result.response)
         response.status_code = status
         response.headers["ETag"] = f'"{body.get("version")}"'
-        response.headers["X-Correlation-ID"] = getattr(request.state, "correlation_id", "")
         if result.replayed:
             response.headers["Idempotent-Replayed"] = "true"
         if wait:

@@ -14,6 +14,8 @@ from pydantic import AwareDatetime, BaseModel, Field
 
 from libs.domain.money import Money
 from libs.http.errors import error_body, install_error_handlers
+from libs.messaging.consumer import refresh_consumer_lag
+from libs.observability import install_metrics
 from services.orders.domain.events import OrderStatus
 
 OrderId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
@@ -140,6 +142,12 @@ def create_app(projector: Any | None) -> FastAPI:
                   description="Read models built from the event stream: orders, bills and their history.")
     app.state.projector = projector
     install_error_handlers(app)
+
+    async def on_scrape() -> None:
+        if projector is not None:
+            await refresh_consumer_lag(projector.consumer.name, projector.broker)
+
+    install_metrics(app, on_scrape)
 
     def pool(request: Request) -> Any:
         return request.app.state.projector.store.pool

@@ -1,0 +1,79 @@
+"""Prometheus metrics and the correlation id carried by logs.
+
+Every service mounts `/metrics` (Prometheus text format) with `install_metrics(app)`:
+HTTP request latency by route and status, plus the platform counters below, which the
+libraries update where the work happens.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import time
+import uuid
+from collections.abc import MutableMapping
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from starlette.routing import Match
+
+access_log = logging.getLogger("closeloop.access")
+correlation_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("correlation_id", default=None)
+
+EVENTS_APPENDED = Counter("closeloop_events_appended_total", "Events appended to the event store", ["category"])
+APPEND_CONFLICTS = Counter("closeloop_append_conflicts_total", "Appends refused for a wrong expected version")
+RELAY_PUBLISHED = Counter("closeloop_relay_published_total", "Events published to Kafka by the relay", ["topic"])
+RELAY_LAG = Gauge("closeloop_relay_lag_events", "Stored events not yet published (at the last scrape)")
+CONSUMER_EVENTS = Counter("closeloop_consumer_events_total", "Events received by a consumer",
+                          ["consumer", "outcome"])
+CONSUMER_BATCH_SECONDS = Histogram("closeloop_consumer_batch_seconds", "Time to apply one consumer batch",
+                                   ["consumer"], buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5))
+CONSUMER_LAG = Gauge("closeloop_consumer_lag_messages", "Messages behind the partition end (at the last scrape)",
+                     ["consumer", "topic", "partition"])
+HANDLER_ERRORS = Counter("closeloop_handler_errors_total", "Failures while handling a message or command",
+                         ["component", "error"])
+HTTP_SECONDS = Histogram("closeloop_http_request_seconds", "HTTP request latency", ["method", "route", "status"],
+                         buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
+TIMERS_FIRED = Counter("closeloop_timers_fired_total", "Durable timers fired", ["kind"])
+
+
+def _route_of(app: FastAPI, scope: MutableMapping[str, Any]) -> str:
+    for route in app.router.routes:
+        match, _ = route.matches(scope)
+        if match is Match.FULL:
+            return getattr(route, "path", "?")
+    return "unmatched"
+
+
+def install_metrics(app: FastAPI, on_scrape: Any = None) -> None:
+    """Add /metrics and the HTTP latency middleware. `on_scrape` (async, optional) refreshes
+    gauges that are costly to keep current (lags) just before they are read."""
+
+    @app.middleware("http")
+    async def _measure(request: Request, call_next: Any) -> Response:
+        started = time.perf_counter()
+        # The correlation id of this request: the caller's, or a new one. Everything the
+        # request logs and every event it appends carries it; the response echoes it.
+        cid = request.headers.get("x-correlation-id") or str(uuid.uuid4())
+        token = correlation_id.set(cid)
+        request.state.correlation_id = cid
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            response.headers["X-Correlation-ID"] = cid
+            return response
+        finally:
+            elapsed = time.perf_counter() - started
+            if request.url.path not in ("/metrics", "/healthz", "/readyz"):
+                route = _route_of(app, request.scope)
+                HTTP_SECONDS.labels(request.method, route, str(status)).observe(elapsed)
+                access_log.info("%s %s %s %.1fms", request.method, request.url.path, status, elapsed * 1000)
+            correlation_id.reset(token)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        if on_scrape is not None:
+            await on_scrape()
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
