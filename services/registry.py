@@ -4,10 +4,18 @@ topics. Importing this module registers every event model (for decoding and sche
 from __future__ import annotations
 
 from services.orders.domain import events as _orders_events  # noqa: F401  (registers models)
+from services.payments.domain import dispute as _dispute  # noqa: F401
 from services.payments.domain import events as _payments_events  # noqa: F401
+from services.payments.domain import upstream_events as _upstream_events  # noqa: F401
+from services.payments.domain import voucher as _voucher  # noqa: F401
+from services.payments.domain import wallet as _wallet  # noqa: F401
+from services.payments.domain.kolable import events as _kolable_events  # noqa: F401
 
 ORDERS_EVENTS = "orders.events"
 PAYMENTS_EVENTS = "payments.events"
+# Upstream payment systems publish their events (Stripe's event format) here; the payments
+# service consumes them. Not written by the relay.
+PAYMENTS_UPSTREAM = "payments.upstream"
 
 STREAM_TOPICS: dict[str, str] = {
     "order": ORDERS_EVENTS,
@@ -16,6 +24,14 @@ STREAM_TOPICS: dict[str, str] = {
     "schedule": ORDERS_EVENTS,
     "platform": ORDERS_EVENTS,
     "transaction": PAYMENTS_EVENTS,
+    "upstream": PAYMENTS_EVENTS,
+    "wallet": PAYMENTS_EVENTS,
+    "voucher": PAYMENTS_EVENTS,
+    "dispute": PAYMENTS_EVENTS,
+    "merchant": PAYMENTS_EVENTS,
+    "kolable": PAYMENTS_EVENTS,
+    "kolable_import": PAYMENTS_EVENTS,
+    "payment": PAYMENTS_EVENTS,  # the contract events derived from transactions (payments/application/contract.py)
 }
 
-TOPICS: list[str] = sorted(set(STREAM_TOPICS.values()))
+TOPICS: list[str] = sorted({*STREAM_TOPICS.values(), PAYMENTS_UPSTREAM})

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -35,9 +36,9 @@ console = Console()
 ROOT = Path(__file__).resolve().parents[2]
 STATE = Path(os.environ.get("CLOSELOOP_STATE_DIR") or ROOT / ".closeloop")
 
-# The processes of the platform, started in this order. Later issues add payments,
-# rma, shipping and notifications here.
-SERVICES = ["relay", "orders", "projector"]
+# The processes of the platform, started in this order. Later issues add rma, shipping
+# and notifications here.
+SERVICES = ["relay", "orders", "projector", "payments"]
 
 
 @dataclass
@@ -94,6 +95,15 @@ class Supervisor:
         self.children: list[Child] = []
         self.stopping = False
 
+    @property
+    def webhook_secret(self) -> str:
+        """The Stripe webhook signing secret of this dev stack: made once, kept in .closeloop/."""
+        path = STATE / "stripe_webhook_secret"
+        if not path.exists():
+            path.write_text("whsec_" + secrets.token_hex(24) + "\n")
+            path.chmod(0o600)
+        return path.read_text().strip()
+
     def start(self) -> None:
         STATE.mkdir(parents=True, exist_ok=True)
         logs = STATE / "logs"
@@ -110,7 +120,8 @@ class Supervisor:
         self.kafka.start()
         console.print(f"Kafka (Tansu) {self.kafka.bootstrap}   [dim]({time.monotonic() - t0:.1f} s)[/]")
         base_env = {**os.environ, "DATABASE_URL": self.pg.dsn, "KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap,
-                    "CLOSELOOP_ENVIRONMENT": "development", "PYTHONUNBUFFERED": "1"}
+                    "CLOSELOOP_ENVIRONMENT": "development", "PYTHONUNBUFFERED": "1",
+                    "CLOSELOOP_STRIPE_WEBHOOK_SECRETS": self.webhook_secret}
         for name in SERVICES:
             port = free_port()
             child = Child(name, port, {**base_env, "CLOSELOOP_HTTP_PORT": str(port)}, logs / f"{name}.log")
@@ -129,6 +140,9 @@ class Supervisor:
             "kafka_bootstrap_servers": self.kafka.bootstrap,
             "services": {c.name: c.url for c in self.children},
             "docs": {c.name: f"{c.url}/docs" for c in self.children if c.name != "relay"},
+            "stripe_webhook_secret": self.webhook_secret,
+            "stripe_webhook_url": next(
+                (f"{c.url}/webhooks/stripe" for c in self.children if c.name == "payments"), None),
             "logs": str(STATE / "logs"),
             "pids": {c.name: c.proc.pid for c in self.children if c.proc},
         }

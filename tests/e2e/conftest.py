@@ -16,6 +16,9 @@ from libs.devstack.client import PaymentsFeed, PlatformClient
 from libs.devstack.procs import free_port
 from libs.devstack.supervisor import Child, _wait_ready
 
+WEBHOOK_SECRET = "whsec_e2e_current_" + uuid.uuid4().hex
+OLD_WEBHOOK_SECRET = "whsec_e2e_previous_" + uuid.uuid4().hex  # still accepted: a rotation in progress
+
 
 @dataclass
 class Stack:
@@ -44,10 +47,11 @@ def stack(pg_dsn: str, kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFa
     prefix = f"e2e{uuid.uuid4().hex[:6]}-"
     env = {**os.environ, "DATABASE_URL": pg_dsn, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
            "CLOSELOOP_ENVIRONMENT": "test", "CLOSELOOP_INSTANCE_PREFIX": prefix,
-           "CLOSELOOP_RELAY_NAME": f"{prefix}relay", "PYTHONUNBUFFERED": "1"}
+           "CLOSELOOP_RELAY_NAME": f"{prefix}relay", "PYTHONUNBUFFERED": "1",
+           "CLOSELOOP_STRIPE_WEBHOOK_SECRETS": f"{WEBHOOK_SECRET},{OLD_WEBHOOK_SECRET}"}
     children: dict[str, Child] = {}
     try:
-        for name in ("relay", "orders", "projector"):
+        for name in ("relay", "orders", "projector", "payments"):
             children[name] = start_child(name, env, logs)
         yield Stack(children, env, logs, kafka_bootstrap, pg_dsn, prefix)
     finally:

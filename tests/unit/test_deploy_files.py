@@ -37,7 +37,7 @@ DOCKERFILES = sorted(DEPLOY.glob("**/Dockerfile*"))
 INFRASTRUCTURE = ("kafka", "postgres")
 # Every process compose and the images start, as `python -m services.<name>`. payments,
 # rma, shipping and notifications join this list when they are added.
-EXPECTED_SERVICES = ("relay", "orders", "projector")
+EXPECTED_SERVICES = ("relay", "orders", "projector", "payments")
 
 
 def _rel(path: Path) -> str:

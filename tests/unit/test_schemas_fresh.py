@@ -13,7 +13,7 @@ def test_every_registered_event_has_a_versioned_json_schema() -> None:
     from libs.domain.events import registry
 
     files = build()
-    for cls in registry.all():
+    for cls in [c for c in registry.all() if c.__module__.startswith(("services.", "libs."))]:
         path = f"events/{cls.topic}/{cls.event_type}.v{cls.schema_version}.json"
         assert path in files, f"no schema for {cls.event_type}"
         assert f'"x-schema-version": {cls.schema_version}' in files[path]
@@ -27,6 +27,6 @@ def test_asyncapi_lists_every_topic_and_event_type() -> None:
     doc = json.loads(build()["asyncapi.json"])
     assert doc["asyncapi"].startswith("3.")
     addresses = {ch["address"] for ch in doc["channels"].values()}
-    for cls in registry.all():
+    for cls in [c for c in registry.all() if c.__module__.startswith(("services.", "libs."))]:
         assert cls.topic in addresses
         assert f"{cls.topic}:{cls.event_type}" in doc["channels"]

@@ -1,12 +1,5 @@
-"""How the orders service reacts to the payments service's events (topic payments.events).
-
-Runs inside the consumer's transaction (libs.messaging.consumer): the claimed event ids,
-the appended order/bill events and the Kafka offsets commit together, so a redelivered
-payment event changes nothing. Each event is applied in its own savepoint: an event the
-domain refuses (e.g. a checkout started for an order that is already prepaid) is logged
-and skipped without holding up the rest of the batch. A concurrency conflict aborts the
-whole batch, which the consumer retries.
-"""
+"""How the orders service reacts to the payments service's events (topic payments.events),
+inside the consumer's transaction (see libs/application/reactions.py)."""
 
 from __future__ import annotations
 
@@ -14,14 +7,10 @@ import logging
 from collections.abc import Callable
 from datetime import datetime
 
-import asyncpg
-from pydantic import ValidationError
-
-from libs.application.unit_of_work import CommandContext, UnitOfWork
-from libs.domain.errors import DomainError
-from libs.domain.events import DomainEvent, UnknownEventType, registry
+from libs.application.reactions import Reactions
+from libs.application.unit_of_work import UnitOfWork
+from libs.domain.events import DomainEvent
 from libs.eventstore import EventStore
-from libs.messaging.envelope import EventEnvelope
 from services.orders.application.services import deadline_timer_id
 from services.orders.domain.bill import Bill
 from services.orders.domain.events import BillKind, BillStatus, OrderStatus
@@ -31,28 +20,13 @@ from services.payments.domain import events as pay
 log = logging.getLogger("closeloop.orders.payments")
 
 
-class PaymentsReactions:
+class PaymentsReactions(Reactions):
     def __init__(self, store: EventStore, clock: Callable[[], datetime]) -> None:
-        self.store = store
+        super().__init__(store, self._react, actor="orders")
         self.clock = clock
-        self.rejected: list[tuple[str, str]] = []  # (event id, reason), for /readyz and tests
 
-    async def handle(self, conn: asyncpg.Connection, envelopes: list[EventEnvelope]) -> None:
-        for e in envelopes:
-            try:
-                event = registry.decode(e.event_type, e.schema_version, e.data)
-            except UnknownEventType:
-                continue  # payments events the orders service does not care about
-            ctx = CommandContext(actor="orders", role="service", correlation_id=e.correlation_id,
-                                 causation_id=str(e.event_id))
-            try:
-                async with conn.transaction():  # savepoint
-                    uow = UnitOfWork(self.store, conn, ctx)
-                    await self.react(uow, event, self.clock())
-                    await uow.flush()
-            except (DomainError, ValidationError) as exc:
-                log.warning("payments event %s %s refused by the order: %s", e.event_type, e.event_id, exc)
-                self.rejected.append((str(e.event_id), str(exc)))
+    async def _react(self, uow: UnitOfWork, event: DomainEvent) -> None:
+        await self.react(uow, event, self.clock())
 
     async def react(self, uow: UnitOfWork, event: DomainEvent, at: datetime) -> None:
         match event:

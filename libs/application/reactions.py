@@ -1,0 +1,53 @@
+"""Reacting to other services' events inside a consumer's transaction.
+
+Each event is handled in its own savepoint by a function that loads aggregates through a
+UnitOfWork and calls their commands; the effects commit together with the consumer's
+processed-event records and offsets (libs.messaging.consumer). An event the domain refuses
+(e.g. a payment for an order that was cancelled meanwhile) is logged and skipped without
+holding up the batch; a concurrency conflict aborts the batch, which the consumer retries.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+
+import asyncpg
+from pydantic import ValidationError
+
+from libs.application.unit_of_work import CommandContext, UnitOfWork
+from libs.domain.errors import DomainError
+from libs.domain.events import DomainEvent, UnknownEventType, registry
+from libs.eventstore import EventStore
+from libs.messaging.envelope import EventEnvelope
+from libs.observability import HANDLER_ERRORS
+
+log = logging.getLogger("closeloop.reactions")
+
+React = Callable[[UnitOfWork, DomainEvent], Awaitable[None]]
+
+
+class Reactions:
+    def __init__(self, store: EventStore, react: React, *, actor: str) -> None:
+        self.store = store
+        self.reaction = react
+        self.actor = actor
+        self.rejected: list[tuple[str, str]] = []  # (event id, reason), for /readyz and tests
+
+    async def handle(self, conn: asyncpg.Connection, envelopes: Sequence[EventEnvelope]) -> None:
+        for e in envelopes:
+            try:
+                event = registry.decode(e.event_type, e.schema_version, e.data)
+            except UnknownEventType:
+                continue  # events this service does not know are none of its business
+            ctx = CommandContext(actor=self.actor, role="service", correlation_id=e.correlation_id,
+                                 causation_id=str(e.event_id))
+            try:
+                async with conn.transaction():  # savepoint
+                    uow = UnitOfWork(self.store, conn, ctx)
+                    await self.reaction(uow, event)
+                    await uow.flush()
+            except (DomainError, ValidationError) as exc:
+                log.warning("%s: %s %s refused: %s", self.actor, e.event_type, e.event_id, exc)
+                HANDLER_ERRORS.labels(self.actor, type(exc).__name__).inc()
+                self.rejected.append((str(e.event_id), str(exc)))

@@ -1,0 +1,180 @@
+"""The payments service's use cases: reactions to the orders service's events and to the
+upstream payment facts, in the transaction of the consumer or of the ingestion that
+delivers them. Every change of a Transaction also appends the contract events the orders
+service consumes (application/contract.py)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, ClassVar
+
+import asyncpg
+
+from libs.application.unit_of_work import CommandContext, UnitOfWork
+from libs.domain.aggregate import Aggregate
+from libs.domain.errors import DomainError
+from libs.domain.events import DomainEvent, registry
+from libs.eventstore import EventStore
+from services.orders.domain import events as orders_ev
+from services.payments.application.contract import CONTRACT_CATEGORY, contract_events
+from services.payments.domain import events as ev
+from services.payments.domain.policy import CancellationPolicy, policy_by_version, policy_in_force
+from services.payments.domain.transaction import Transaction
+from services.payments.domain.upstream_events import UpstreamChargeSucceeded, UpstreamFact, UpstreamPaymentFailed
+
+log = logging.getLogger("closeloop.payments")
+
+
+class PaymentContract(Aggregate):
+    """The stream of contract events of one order (`payment-{order_id}`): append-only, no rules."""
+
+    category: ClassVar[str] = CONTRACT_CATEGORY
+
+    def apply(self, event: DomainEvent) -> None:
+        pass
+
+    def emit(self, events: list[DomainEvent]) -> None:
+        for e in events:
+            self._record(e)
+
+
+@dataclass
+class PaymentsService:
+    store: EventStore
+    policies: list[CancellationPolicy]
+    clock: Callable[[], datetime]
+    rejected: int = 0
+
+    # --- helpers --------------------------------------------------------------------------
+    async def _publish_contract(self, uow: UnitOfWork, txn: Transaction) -> None:
+        derived = contract_events(txn.pending, txn.settlement)
+        if derived:
+            contract = await uow.load(PaymentContract, txn.id)
+            contract.emit(derived)
+
+    async def _merchant_of(self, conn: asyncpg.Connection, order_id: str) -> str | None:
+        return await conn.fetchval("SELECT merchant_id FROM payments_order_merchants WHERE order_id = $1", order_id)
+
+    # --- reactions to orders.events -------------------------------------------------------
+    async def on_orders_event(self, uow: UnitOfWork, event: DomainEvent) -> None:
+        at = self.clock()
+        match event:
+            case orders_ev.OrderPlaced():
+                txn = await uow.load(Transaction, event.order_id)
+                if txn.exists:
+                    return
+                policy = policy_in_force(self.policies, event.placed_at)
+                uow.add(Transaction.open(
+                    event.order_id, customer_id=event.customer_id, placed_at=event.placed_at,
+                    estimated_total=event.estimated_total, policy_version=policy.version, at=at,
+                    prepayment_bill_id=event.prepayment_bill_id, payment_deadline=event.payment_deadline))
+                await self._apply_parked(uow, event.order_id)
+            case orders_ev.OrderAccepted():
+                await uow.conn.execute(
+                    """INSERT INTO payments_order_merchants (order_id, merchant_id) VALUES ($1, $2)
+                       ON CONFLICT (order_id) DO UPDATE SET merchant_id = EXCLUDED.merchant_id""",
+                    event.order_id, event.merchant_id)
+            case orders_ev.OrderBillConfirmed():
+                txn = await uow.get(Transaction, event.order_id)
+                txn.bill(event.bill_id, event.revision, event.total, at)
+                # 多退少補: with nothing to collect the bill settles at once (refunding any excess);
+                # a shortfall waits for the customer's or merchant's collection.
+                if txn.preview_settlement().shortfall.amount == 0:
+                    txn.settle(at=at)
+                await self._publish_contract(uow, txn)
+            case orders_ev.OrderCancelled():
+                txn = await uow.get(Transaction, event.order_id)
+                assert txn.policy_version is not None
+                txn.cancel(fault_party=event.fault_party.value, reason_code=event.reason_code,
+                           seconds_before_service_start=event.seconds_before_service_start,
+                           policy=policy_by_version(self.policies, txn.policy_version), at=at,
+                           merchant_id=await self._merchant_of(uow.conn, event.order_id))
+                await self._publish_contract(uow, txn)
+            case _:
+                pass
+
+    # --- upstream facts --------------------------------------------------------------------
+    async def on_upstream_fact(self, uow: UnitOfWork, fact: UpstreamFact, fact_event_id: Any) -> str:
+        """Apply a stored upstream fact to its order's transaction; park it if the order or
+        its transaction is not known yet. Returns what happened (for logs and tests)."""
+        if fact.data_gap:
+            return f"data gap: {fact.data_gap}"
+        refs = fact.order_ref.index_entries()
+        if refs:
+            await uow.conn.executemany(
+                "INSERT INTO payments_upstream_refs (provider_payment_id, order_id) VALUES ($1, $2)"
+                " ON CONFLICT (provider_payment_id) DO NOTHING", list(refs.items()))
+        order_id = fact.order_ref.order_id
+        if order_id is None:
+            ids = [i for i in (fact.order_ref.charge_id, fact.order_ref.payment_intent_id) if i]
+            order_id = await uow.conn.fetchval(
+                "SELECT order_id FROM payments_upstream_refs WHERE provider_payment_id = ANY($1) LIMIT 1", ids)
+            if order_id is None:
+                await self._park(uow, fact_event_id, ids[0] if ids else "unknown", "order not known yet")
+                return "parked: order not known yet"
+        txn = await uow.load(Transaction, order_id)
+        if not txn.exists:
+            await self._park(uow, fact_event_id, order_id, "transaction not opened yet")
+            return "parked: transaction not opened yet"
+        outcome = self._apply_fact(txn, fact)
+        await self._publish_contract(uow, txn)
+        return outcome
+
+    def _apply_fact(self, txn: Transaction, fact: UpstreamFact) -> str:
+        match fact:
+            case UpstreamChargeSucceeded():
+                reference = fact.payment_intent_id or fact.charge_id or fact.provider_event_id
+                paid = [t.reference for t in txn.prepaid_tenders]
+                if txn.settlement and txn.settlement.collection:
+                    paid.append(txn.settlement.collection.reference)
+                if reference in paid:
+                    return "duplicate: this payment is already applied"  # Stripe reports it twice
+                assert fact.amount is not None
+                if txn.status is ev.TransactionStatus.UNPAID:
+                    txn.capture_prepayment([ev.Tender(kind=ev.TenderKind.THIRD_PARTY, amount=fact.amount,
+                                                      reference=reference)], at=fact.occurred_at)
+                    return "prepayment captured"
+                if txn.status is ev.TransactionStatus.BILLED and txn.settlement is None:
+                    txn.settle(at=fact.occurred_at, method=ev.TenderKind.THIRD_PARTY, reference=reference)
+                    return "shortfall collected"
+                return f"not applied: the transaction is {txn.status}"
+            case UpstreamPaymentFailed():
+                if txn.attempt is not None:
+                    txn.fail_attempt(txn.attempt.attempt_id, ev.FailureReason.DECLINED, fact.occurred_at)
+                    return "attempt failed"
+                return "no open attempt"
+            case _:
+                return "recorded"
+
+    async def _park(self, uow: UnitOfWork, fact_event_id: Any, key: str, reason: str) -> None:
+        await uow.conn.execute(
+            "INSERT INTO payments_parked_facts (fact_event_id, order_key, reason) VALUES ($1, $2, $3)"
+            " ON CONFLICT DO NOTHING", fact_event_id, key, reason)
+
+    async def _apply_parked(self, uow: UnitOfWork, order_id: str) -> None:
+        keys = [order_id, *[r["provider_payment_id"] for r in await uow.conn.fetch(
+            "SELECT provider_payment_id FROM payments_upstream_refs WHERE order_id = $1", order_id)]]
+        rows = await uow.conn.fetch(
+            """DELETE FROM payments_parked_facts WHERE order_key = ANY($1)
+               RETURNING fact_event_id""", keys)
+        if not rows:
+            return
+        stored = await uow.conn.fetch(
+            "SELECT event_type, schema_version, data FROM events WHERE event_id = ANY($1) ORDER BY global_position",
+            [r["fact_event_id"] for r in rows])
+        txn = await uow.load(Transaction, order_id)
+        for row in stored:
+            fact = registry.decode(row["event_type"], row["schema_version"], row["data"])
+            if isinstance(fact, UpstreamFact):
+                try:
+                    self._apply_fact(txn, fact)
+                except DomainError as exc:
+                    log.warning("parked fact for order %s refused: %s", order_id, exc)
+        await self._publish_contract(uow, txn)
+
+
+def reaction_context(correlation_id: str, causation_id: str) -> CommandContext:
+    return CommandContext(actor="payments", role="service", correlation_id=correlation_id, causation_id=causation_id)

@@ -1,0 +1,160 @@
+"""Wires the payments process: event store and migrations, the cancellation policies, the
+consumer of orders.events (transactions follow their orders), upstream ingestion from the
+Stripe webhook and the `payments.upstream` topic (facts applied to the transactions), and
+the HTTP API. (Issue 3 in progress; see docs/status.md.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker, KafkaMessage
+from pydantic import Field, field_validator, model_validator
+
+from libs.application.reactions import Reactions
+from libs.application.unit_of_work import UnitOfWork
+from libs.domain.errors import DomainError
+from libs.eventstore import EventStore
+from libs.eventstore.migrate import migrate
+from libs.messaging.broker import consumer_options, make_broker
+from libs.messaging.consumer import EnvelopeBatchConsumer, consume_batch
+from libs.messaging.topics import ensure_topics
+from libs.observability import CONSUMER_EVENTS, HANDLER_ERRORS
+from libs.runtime import serve, setup_logging
+from libs.settings import ServiceSettings
+from services.payments.application.service import PaymentsService, reaction_context
+from services.payments.application.upstream import UpstreamIngestor
+from services.payments.domain.policy import parse_policies
+from services.payments.domain.upstream import MalformedEvent
+from services.payments.domain.upstream_events import ReceivedVia
+from services.registry import ORDERS_EVENTS, PAYMENTS_UPSTREAM, TOPICS
+
+log = logging.getLogger("closeloop.payments")
+CONFIG_DIR = Path(__file__).parent / "config"
+MIGRATIONS = Path(__file__).parent / "migrations"
+CONSUMER_GROUP = "payments"
+DEV_WEBHOOK_SECRET = "whsec_closeloop_development_only"
+
+
+class PaymentsSettings(ServiceSettings):
+    http_port: int = 8003
+    # Comma-separated endpoint secrets: several are accepted while a secret is rotated.
+    stripe_webhook_secrets: str = DEV_WEBHOOK_SECRET
+    stripe_webhook_tolerance_s: int = Field(default=300, ge=1, le=3600)
+    webhook_max_body_bytes: int = Field(default=1_000_000, ge=1024)
+    cancellation_policy_path: Path = CONFIG_DIR / "cancellation_policy.toml"
+
+    @field_validator("stripe_webhook_secrets")
+    @classmethod
+    def _not_empty(cls, value: str) -> str:
+        if not [s for s in value.split(",") if s.strip()]:
+            raise ValueError("at least one webhook secret is required")
+        return value
+
+    @model_validator(mode="after")
+    def _no_dev_secret_in_production(self) -> PaymentsSettings:
+        if self.environment == "production" and DEV_WEBHOOK_SECRET in self.webhook_secrets:
+            raise ValueError("CLOSELOOP_STRIPE_WEBHOOK_SECRETS must be set outside development")
+        return self
+
+    @property
+    def webhook_secrets(self) -> list[str]:
+        return [s.strip() for s in self.stripe_webhook_secrets.split(",") if s.strip()]
+
+
+@dataclass
+class PaymentsContainer:
+    settings: PaymentsSettings
+    store: EventStore
+    broker: KafkaBroker
+    ingestor: UpstreamIngestor
+    service: PaymentsService
+    consumer: EnvelopeBatchConsumer
+    reactions: Reactions
+    stats: dict[str, int]
+
+
+def build_broker(settings: PaymentsSettings, ingestor: UpstreamIngestor, stats: dict[str, int],
+                 consumer: EnvelopeBatchConsumer) -> KafkaBroker:
+    broker = make_broker(settings, client_id="closeloop-payments")
+    name = settings.instance_prefix + CONSUMER_GROUP
+
+    @broker.subscriber(ORDERS_EVENTS, group_id=name, batch=True, max_records=200, batch_timeout_ms=20,
+                       ack_policy=AckPolicy.MANUAL, title="payments consumes orders.events",
+                       **consumer_options(settings))
+    async def on_orders_events(body: list[Any], msg: KafkaMessage) -> None:
+        await consume_batch(consumer, msg)
+
+    @broker.subscriber(PAYMENTS_UPSTREAM, group_id=name, batch=True, max_records=500, batch_timeout_ms=20,
+                       ack_policy=AckPolicy.MANUAL, title="payments consumes payments.upstream",
+                       **consumer_options(settings))
+    async def on_upstream(body: list[Any], msg: KafkaMessage) -> None:
+        # Each provider event is stored once whatever the number of deliveries (its event
+        # ids derive from the provider's id), so acknowledging after the appends is enough.
+        for record in msg.raw_message:
+            try:
+                outcome = await ingestor.ingest(record.value, via=ReceivedVia.KAFKA, signature_verified=False)
+                stats["duplicates" if outcome.duplicate else "stored"] += 1
+                CONSUMER_EVENTS.labels(name, "duplicate" if outcome.duplicate else "applied").inc()
+            except MalformedEvent as exc:
+                stats["malformed"] += 1
+                HANDLER_ERRORS.labels(name, "MalformedEvent").inc()
+                await ingestor.store.pool.execute(
+                    """INSERT INTO dead_letters (consumer, event_id, reason, envelope)
+                       VALUES ($1, gen_random_uuid(), $2, jsonb_build_object('topic', $3::text, 'partition', $4::int,
+                               'offset', $5::bigint, 'value', $6::text))""",
+                    name, f"malformed upstream event: {exc.message}", record.topic, record.partition, record.offset,
+                    record.value.decode("utf-8", "replace")[:100_000])
+        await asyncio.wait_for(msg.ack(), 30)
+
+    return broker
+
+
+async def start(settings: PaymentsSettings) -> PaymentsContainer:
+    from services.orders.application.services import utcnow
+
+    store = await EventStore.connect(settings.database_url, min_size=settings.db_pool_min,
+                                     max_size=settings.db_pool_max)
+    await ensure_topics(settings.kafka_bootstrap_servers, TOPICS, partitions=settings.kafka_topic_partitions,
+                        replication=settings.kafka_replication_factor)
+    async with store.pool.acquire() as conn:
+        await migrate(conn, {"payments": MIGRATIONS})
+    service = PaymentsService(store, parse_policies(settings.cancellation_policy_path.read_text()), utcnow)
+
+    async def on_fact(conn: Any, fact: Any, fact_id: Any) -> str:
+        ctx = reaction_context(correlation_id=fact.provider_event_id, causation_id=str(fact_id))
+        try:
+            async with conn.transaction():  # savepoint: a refused fact stays stored, unapplied
+                uow = UnitOfWork(store, conn, ctx)
+                outcome = await service.on_upstream_fact(uow, fact, fact_id)
+                await uow.flush()
+                return outcome
+        except DomainError as exc:
+            log.warning("upstream fact %s not applied: %s", fact.provider_event_id, exc)
+            return f"refused: {exc}"
+
+    ingestor = UpstreamIngestor(store, utcnow, on_fact)
+    reactions = Reactions(store, service.on_orders_event, actor="payments")
+    consumer = EnvelopeBatchConsumer(store.pool, settings.instance_prefix + CONSUMER_GROUP, reactions.handle)
+    stats = {"stored": 0, "duplicates": 0, "malformed": 0}
+    broker = build_broker(settings, ingestor, stats, consumer)
+    await broker.start()
+    return PaymentsContainer(settings, store, broker, ingestor, service, consumer, reactions, stats)
+
+
+async def main() -> None:
+    settings = PaymentsSettings()
+    setup_logging(settings.log_level, "payments")
+    from services.payments.entrypoints.http import create_app
+
+    c = await start(settings)
+    try:
+        await serve(create_app(c), settings.http_host, settings.http_port)
+    finally:
+        await c.broker.stop()
+        await c.store.close()

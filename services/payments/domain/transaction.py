@@ -1,0 +1,450 @@
+"""The Transaction aggregate (stream `transaction-{order_id}`): the payment side of one order.
+
+The seed (002, 一) separates the bill (what is owed), the order (bill + transaction) and
+the transaction (how the customer paid), with seven transaction states: 未支付 unpaid,
+已預付 prepaid (only orders that were prepaid), 已出賬 billed (the merchant's bill was
+confirmed and submitted; settlement pending), 已支付 paid (settled online or from the
+member balance), 已確認 confirmed (settled in cash the merchant confirmed; used instead of
+paid), 已退款 refunded (cancelled after a payment, whatever the penalty kept) and 已作廢
+voided (cancelled with no payment).
+
+Only the seed's transitions exist: unpaid -> prepaid, unpaid -> billed, prepaid -> billed,
+billed -> paid, billed -> confirmed, prepaid -> refunded, unpaid -> voided. A payment attempt
+that ends without payment leaves the state as it was (the attempt is recorded). A
+settlement whose shortfall is collected in cash stays billed until the merchant confirms
+the cash (seed 一: 商家在商家端點擊確認收到現金); meanwhile only `confirm_cash` is allowed,
+so a second settlement is refused there too. Taking any payment for a settled or cancelled
+order is refused with InvalidTransition naming the state (seed 三.5, 四).
+
+Money rules are the pure functions of settlement.py; the cancellation policy is the
+version in force when the order was placed, named in TransactionOpened. Refunds are frozen
+while a dispute on the order's payment is open (`freeze_refunds` / `unfreeze_refunds`): a
+settlement or cancellation that would refund money is then refused with Conflict and can
+be retried once the dispute closes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from enum import StrEnum
+
+from libs.domain.aggregate import Aggregate, StateMachine
+from libs.domain.errors import Conflict, NotFound, RuleViolation
+from libs.domain.events import DomainEvent
+from libs.domain.money import Money
+from services.payments.domain.events import (
+    STREAM_CATEGORY,
+    TRANSACTION_LABELS_ZH,
+    CancellationPlan,
+    CompensationVoucherGranted,
+    FailureReason,
+    FaultParty,
+    MerchantCompensationGranted,
+    MerchantFaultRecorded,
+    SettlementPlan,
+    Tender,
+    TenderKind,
+    TransactionAttemptAbandoned,
+    TransactionBilled,
+    TransactionCashConfirmed,
+    TransactionOpened,
+    TransactionPaymentAttempted,
+    TransactionPrepaymentCaptured,
+    TransactionRefunded,
+    TransactionRefundsFrozen,
+    TransactionRefundsUnfrozen,
+    TransactionSettled,
+    TransactionStatus,
+    TransactionVoided,
+)
+from services.payments.domain.policy import CancellationPolicy
+from services.payments.domain.settlement import (
+    check_tenders,
+    choose_collection_method,
+    plan_cancellation_refund,
+    plan_settlement,
+)
+
+__all__ = [
+    "AWAITING_CASH_TRANSITIONS",
+    "LABELS_ZH",
+    "TRANSACTION_MACHINE",
+    "TRANSACTION_TRANSITIONS",
+    "Transaction",
+    "TransactionStatus",
+]
+
+LABELS_ZH: dict[TransactionStatus, str] = TRANSACTION_LABELS_ZH
+
+S = TransactionStatus
+
+# A dispute can only concern money that was captured, so freezing is offered wherever a
+# payment may exist; it changes no state.
+_DISPUTES: dict[str, StrEnum | None] = {"freeze_refunds": None, "unfreeze_refunds": None}
+
+# command -> target state, per state; None = the state does not change. Opening is not here:
+# it creates the transaction. Typed with the base StrEnum because StateMachine takes any enum.
+TRANSACTION_TRANSITIONS: Mapping[StrEnum, Mapping[str, StrEnum | None]] = {
+    S.UNPAID: {
+        "start_attempt": None,
+        "fail_attempt": None,
+        "capture_prepayment": S.PREPAID,
+        "bill": S.BILLED,
+        "cancel": S.VOIDED,
+    },
+    S.PREPAID: {"bill": S.BILLED, "cancel": S.REFUNDED, **_DISPUTES},
+    # settle -> paid; or, when cash collects the shortfall, billed until confirm_cash (below).
+    S.BILLED: {"start_attempt": None, "fail_attempt": None, "settle": S.PAID, **_DISPUTES},
+    S.PAID: {**_DISPUTES},
+    S.CONFIRMED: {**_DISPUTES},
+    S.REFUNDED: {**_DISPUTES},
+    S.VOIDED: {},
+}
+
+# Billed, settled, and waiting for the merchant to confirm the cash: nothing else may happen.
+AWAITING_CASH_TRANSITIONS: Mapping[StrEnum, Mapping[str, StrEnum | None]] = {
+    S.BILLED: {"confirm_cash": S.CONFIRMED, **_DISPUTES},
+}
+
+TRANSACTION_MACHINE = StateMachine("transaction", TRANSACTION_TRANSITIONS)
+AWAITING_CASH_MACHINE = StateMachine("transaction", AWAITING_CASH_TRANSITIONS)
+
+
+def _aware(field: str, value: datetime) -> None:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise RuleViolation(field, "must be a time-zone-aware datetime")
+
+
+class Transaction(Aggregate):
+    """The payment side of one order, from placement to settlement or cancellation."""
+
+    category = STREAM_CATEGORY
+
+    def __init__(self, aggregate_id: str) -> None:
+        super().__init__(aggregate_id)
+        self.status: TransactionStatus | None = None
+        self.customer_id: str | None = None
+        self.merchant_id: str | None = None
+        self.placed_at: datetime | None = None
+        self.estimated_total: Money | None = None
+        self.policy_version: str | None = None
+        self.prepayment_bill_id: str | None = None
+        self.payment_deadline: datetime | None = None
+        self.attempt: TransactionPaymentAttempted | None = None  # the attempt at the cashier, if any
+        self.abandoned_attempts: list[str] = []
+        self.prepaid_tenders: list[Tender] = []
+        self.prepaid_at: datetime | None = None
+        self.bill_id: str | None = None
+        self.bill_revision: int | None = None
+        self.bill_total: Money | None = None
+        self.settlement: TransactionSettled | None = None
+        self.cash_confirmed_at: datetime | None = None
+        self.cancellation: CancellationPlan | None = None
+        self.compensation_vouchers: list[CompensationVoucherGranted] = []
+        self.merchant_compensation: MerchantCompensationGranted | None = None
+        self.merchant_fault: MerchantFaultRecorded | None = None
+        self.open_disputes: set[str] = set()
+
+    # --- queries ------------------------------------------------------------------------
+
+    @property
+    def label_zh(self) -> str | None:
+        """The Chinese label of the current status."""
+        return LABELS_ZH[self.status] if self.status else None
+
+    @property
+    def disputed(self) -> bool:
+        """Whether a dispute is open: refunds are frozen."""
+        return bool(self.open_disputes)
+
+    @property
+    def awaiting_cash_confirmation(self) -> bool:
+        """Settled with a cash collection the merchant has not confirmed yet."""
+        return self.status is S.BILLED and self.settlement is not None and self.settlement.awaiting_cash_confirmation
+
+    @property
+    def currency(self) -> str:
+        assert self.estimated_total is not None
+        return self.estimated_total.currency
+
+    def _machine(self) -> StateMachine:
+        return AWAITING_CASH_MACHINE if self.awaiting_cash_confirmation else TRANSACTION_MACHINE
+
+    def allowed_commands(self) -> list[str]:
+        """The commands the current state allows (empty before opening and when voided)."""
+        return self._machine().allowed(self.status) if self.status else []
+
+    def _check(self, command: str) -> None:
+        if self.status is None:
+            raise NotFound(f"transaction {self.id} does not exist", order_id=self.id)
+        self._machine().check(self.id, self.status, command)
+
+    def _require_currency(self, field: str, amount: Money) -> None:
+        if amount.currency != self.currency:
+            raise RuleViolation(f"{field}.currency", f"must be {self.currency}, the order's currency")
+
+    def _refunds_allowed(self, what: str, amount: Money) -> None:
+        if amount.amount > 0 and self.disputed:
+            raise Conflict(f"transaction {self.id}: {what} would refund {amount}, but refunds are frozen while "
+                           f"dispute(s) {', '.join(sorted(self.open_disputes))} are open",
+                           open_disputes=sorted(self.open_disputes))
+
+    # --- commands -----------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, order_id: str, *, customer_id: str, placed_at: datetime, estimated_total: Money,
+             policy_version: str, at: datetime, merchant_id: str | None = None,
+             prepayment_bill_id: str | None = None, payment_deadline: datetime | None = None) -> Transaction:
+        """Open the transaction of a newly placed order (未支付) under the policy version in force at placement."""
+        _aware("placed_at", placed_at)
+        if estimated_total.amount < 0:
+            raise RuleViolation("estimated_total", "must not be negative")
+        if payment_deadline is not None and payment_deadline <= placed_at:
+            raise RuleViolation("payment_deadline", "must be after placed_at")
+        tx = cls(order_id)
+        tx._record(TransactionOpened(
+            order_id=order_id, bill_id=prepayment_bill_id, customer_id=customer_id, merchant_id=merchant_id,
+            placed_at=placed_at, estimated_total=estimated_total, policy_version=policy_version,
+            payment_deadline=payment_deadline, at=at))
+        return tx
+
+    def start_attempt(self, attempt_id: str, amount: Money, method: str, at: datetime) -> None:
+        """The customer opened the cashier: for the prepayment (unpaid) or the shortfall (billed)."""
+        self._check("start_attempt")
+        if self.attempt is not None:
+            raise Conflict(f"transaction {self.id}: attempt {self.attempt.attempt_id} is still open",
+                           current_attempt_id=self.attempt.attempt_id)
+        self._require_currency("amount", amount)
+        if self.status is S.UNPAID:
+            assert self.estimated_total is not None
+            if self.prepayment_bill_id is None:
+                raise RuleViolation("bill_id", "this order has no prepayment bill to pay")
+            if self.payment_deadline is not None and at >= self.payment_deadline:
+                raise RuleViolation("payment_deadline", f"passed at {self.payment_deadline.isoformat()}")
+            if not 0 < amount.amount <= self.estimated_total.amount:
+                raise RuleViolation("amount", f"must be positive and at most the prepayment {self.estimated_total}")
+            bill_id = self.prepayment_bill_id
+        else:
+            shortfall = self.preview_settlement().shortfall
+            if shortfall.amount == 0:
+                raise RuleViolation("amount", "nothing to pay: the prepayment covers the bill")
+            if amount != shortfall:
+                raise RuleViolation("amount", f"must be the shortfall {shortfall}")
+            assert self.bill_id is not None
+            bill_id = self.bill_id
+        self._record(TransactionPaymentAttempted(order_id=self.id, bill_id=bill_id, attempt_id=attempt_id,
+                                                 amount=amount, method=method, at=at))
+
+    def fail_attempt(self, attempt_id: str, reason: FailureReason | str, at: datetime) -> None:
+        """The attempt ended without payment (the customer came back from the cashier); the state stays."""
+        self._check("fail_attempt")
+        if self.attempt is None or self.attempt.attempt_id != attempt_id:
+            current = self.attempt.attempt_id if self.attempt else None
+            raise Conflict(f"transaction {self.id}: attempt {attempt_id} is not the open attempt ({current})",
+                           current_attempt_id=current)
+        try:
+            why = FailureReason(reason)
+        except ValueError:
+            raise RuleViolation("reason", "must be one of " + ", ".join(r.value for r in FailureReason)) from None
+        self._record(TransactionAttemptAbandoned(order_id=self.id, bill_id=self.attempt.bill_id,
+                                                 attempt_id=attempt_id, reason=why, at=at))
+
+    def capture_prepayment(self, tenders: Sequence[Tender], *, at: datetime, deadline: datetime | None = None,
+                           bill_id: str | None = None) -> None:
+        """The prepayment was captured (未支付 -> 已預付): before the deadline, tenders adding up to the estimate."""
+        self._check("capture_prepayment")
+        assert self.estimated_total is not None
+        bill = bill_id or self.prepayment_bill_id
+        if bill is None:
+            raise RuleViolation("bill_id", "this order has no prepayment bill")
+        if self.prepayment_bill_id is not None and bill != self.prepayment_bill_id:
+            raise RuleViolation("bill_id", f"the order's prepayment bill is {self.prepayment_bill_id}")
+        # Orders cancels an unpaid order AT its deadline, so a capture at that instant is already late.
+        due = deadline or self.payment_deadline
+        if due is not None and at >= due:
+            raise RuleViolation("deadline", f"the payment deadline {due.isoformat()} has passed")
+        if not tenders:
+            raise RuleViolation("tenders", "at least one tender pays the prepayment")
+        check_tenders(tenders, self.currency, "tenders")
+        for i, tender in enumerate(tenders):
+            if tender.kind is TenderKind.CASH:
+                raise RuleViolation(f"tenders[{i}].kind",
+                                    "cash cannot prepay; the merchant confirms cash at settlement")
+        paid = Money(amount=sum(t.amount.amount for t in tenders), currency=self.currency)
+        if paid != self.estimated_total:
+            raise RuleViolation("tenders", f"add up to {paid}, not the prepayment {self.estimated_total}")
+        self._record(TransactionPrepaymentCaptured(order_id=self.id, bill_id=bill, amount=paid,
+                                                   tenders=list(tenders), at=at))
+
+    def bill(self, bill_id: str, revision: int, total: Money, at: datetime) -> None:
+        """The customer confirmed the merchant's bill and it was submitted (報單): 已出賬, settlement pending."""
+        self._check("bill")
+        self._require_currency("total", total)
+        if total.amount < 0:
+            raise RuleViolation("total", "must not be negative")
+        if revision < 1:
+            raise RuleViolation("revision", "must be at least 1")
+        self._record(TransactionBilled(order_id=self.id, bill_id=bill_id, revision=revision, total=total, at=at))
+
+    def preview_settlement(self) -> SettlementPlan:
+        """What `settle` would do now: applied prepayment, refunds of excess, shortfall. No events."""
+        self._check("settle")
+        assert self.bill_total is not None
+        return plan_settlement(self.bill_total, self.prepaid_tenders)
+
+    def settle(self, *, at: datetime, method: TenderKind | str | None = None, reference: str | None = None,
+               is_member: bool = False, member_balance_available: Money | None = None) -> SettlementPlan:
+        """Settle the bill (多退少補): refund the excess, collect the shortfall by `method` (seed 三, 四).
+
+        Paid at once, except that a cash collection waits in billed for `confirm_cash`.
+        """
+        plan = self.preview_settlement()
+        self._refunds_allowed("the settlement", plan.refunded)
+        collection: Tender | None = None
+        chosen: TenderKind | None = None
+        if plan.shortfall.amount == 0:
+            if method is not None:
+                raise RuleViolation("method", "nothing to collect: the prepayment covers the bill")
+        else:
+            if method is None:
+                raise RuleViolation("method", f"the shortfall {plan.shortfall} must be collected: "
+                                              "member_balance, cash or third_party")
+            chosen = choose_collection_method(plan.shortfall, is_member=is_member,
+                                              member_balance_available=member_balance_available, requested=method)
+            if not reference:
+                raise RuleViolation("reference", "name the payment, wallet entry or cash receipt that collected it")
+            collection = Tender(kind=chosen, amount=plan.shortfall, reference=reference)
+        assert self.bill_id is not None
+        self._record(TransactionSettled(
+            order_id=self.id, bill_id=self.bill_id, total=plan.total, plan=plan, method=chosen,
+            collection=collection, collected=plan.shortfall, refunded=plan.refunded,
+            tenders=plan.applied + ([collection] if collection else []),
+            awaiting_cash_confirmation=chosen is TenderKind.CASH, at=at))
+        return plan
+
+    def confirm_cash(self, merchant_id: str, at: datetime) -> None:
+        """The merchant confirmed receiving the cash (已出賬 -> 已確認)."""
+        self._check("confirm_cash")
+        if self.merchant_id is not None and merchant_id != self.merchant_id:
+            raise RuleViolation("merchant_id", "only the order's merchant can confirm the cash")
+        assert self.settlement is not None and self.bill_id is not None
+        self._record(TransactionCashConfirmed(order_id=self.id, bill_id=self.bill_id, merchant_id=merchant_id,
+                                              amount=self.settlement.collected, at=at))
+
+    def preview_cancellation(self, *, fault_party: FaultParty | str, seconds_before_service_start: int,
+                             policy: CancellationPolicy, at: datetime, reason_code: str = "",
+                             dispatch_attempts: int = 0, complained: bool = False, customer_tenure_days: int = 0,
+                             lifetime_value: Money | None = None) -> CancellationPlan:
+        """What `cancel` would do now, under the policy in force at placement. No events."""
+        self._check("cancel")
+        if policy.version != self.policy_version:
+            raise RuleViolation("policy.version", f"this order was placed under cancellation policy "
+                                                  f"{self.policy_version}, not {policy.version}")
+        return plan_cancellation_refund(
+            self.prepaid_tenders, fault_party=fault_party, seconds_before_service_start=seconds_before_service_start,
+            policy=policy, now=at, reason_code=reason_code, dispatch_attempts=dispatch_attempts,
+            complained=complained, customer_tenure_days=customer_tenure_days, lifetime_value=lifetime_value)
+
+    def cancel(self, *, fault_party: FaultParty | str, seconds_before_service_start: int, reason_code: str,
+               policy: CancellationPolicy, at: datetime, merchant_id: str | None = None,
+               dispatch_attempts: int = 0, complained: bool = False, customer_tenure_days: int = 0,
+               lifetime_value: Money | None = None) -> CancellationPlan:
+        """The order was cancelled: 已退款 with the plan's refunds and penalty if prepaid, else 已作廢."""
+        plan = self.preview_cancellation(
+            fault_party=fault_party, seconds_before_service_start=seconds_before_service_start, policy=policy,
+            at=at, reason_code=reason_code, dispatch_attempts=dispatch_attempts, complained=complained,
+            customer_tenure_days=customer_tenure_days, lifetime_value=lifetime_value)
+        self._refunds_allowed("the cancellation", plan.refunded)
+        merchant = merchant_id or self.merchant_id
+        if merchant is None and (plan.merchant_fault_recorded or plan.merchant_compensation.amount):
+            raise RuleViolation("merchant_id", "name the merchant: the cancellation is recorded for them")
+        bill = self.prepayment_bill_id
+        if self.status is S.PREPAID:
+            self._record(TransactionRefunded(order_id=self.id, bill_id=bill, plan=plan, reason_code=reason_code,
+                                             at=at))
+        else:
+            self._record(TransactionVoided(order_id=self.id, bill_id=bill, plan=plan, reason_code=reason_code, at=at))
+        assert self.customer_id is not None
+        for no, voucher in enumerate(plan.compensation_vouchers, start=1):
+            self._record(CompensationVoucherGranted(
+                order_id=self.id, bill_id=bill, customer_id=self.customer_id, grant_no=no, rule=voucher.rule,
+                amount=voucher.amount, expires_at=voucher.expires_at, replaces=voucher.replaces, at=at))
+        if plan.merchant_compensation.amount:
+            assert merchant is not None
+            self._record(MerchantCompensationGranted(
+                order_id=self.id, bill_id=bill, merchant_id=merchant, amount=plan.merchant_compensation,
+                reason_code=reason_code, seconds_before_service_start=seconds_before_service_start,
+                policy_version=plan.policy_version, at=at))
+        if plan.merchant_fault_recorded:
+            assert merchant is not None
+            self._record(MerchantFaultRecorded(order_id=self.id, bill_id=bill, merchant_id=merchant,
+                                               reason_code=reason_code,
+                                               seconds_before_service_start=seconds_before_service_start, at=at))
+        return plan
+
+    def freeze_refunds(self, dispute_id: str, at: datetime) -> None:
+        """A dispute was opened on the payment: refunds wait until it closes. Repeating it changes nothing."""
+        self._check("freeze_refunds")
+        if dispute_id in self.open_disputes:
+            return  # providers repeat their events
+        self._record(TransactionRefundsFrozen(order_id=self.id, bill_id=self.bill_id or self.prepayment_bill_id,
+                                              dispute_id=dispute_id, at=at))
+
+    def unfreeze_refunds(self, dispute_id: str, at: datetime) -> None:
+        """The dispute closed; refunds run again once no dispute is open. Repeating it changes nothing."""
+        self._check("unfreeze_refunds")
+        if dispute_id not in self.open_disputes:
+            return
+        self._record(TransactionRefundsUnfrozen(order_id=self.id, bill_id=self.bill_id or self.prepayment_bill_id,
+                                                dispute_id=dispute_id, at=at))
+
+    # --- evolution ----------------------------------------------------------------------
+
+    def apply(self, event: DomainEvent) -> None:
+        """Evolve the state by one event; no checks here."""
+        match event:
+            case TransactionOpened():
+                self.customer_id, self.merchant_id = event.customer_id, event.merchant_id
+                self.placed_at, self.estimated_total = event.placed_at, event.estimated_total
+                self.policy_version, self.prepayment_bill_id = event.policy_version, event.bill_id
+                self.payment_deadline = event.payment_deadline
+                self.status = S.UNPAID
+            case TransactionPaymentAttempted():
+                self.attempt = event
+            case TransactionAttemptAbandoned():
+                self.attempt = None
+                self.abandoned_attempts.append(event.attempt_id)
+            case TransactionPrepaymentCaptured():
+                self.prepaid_tenders, self.prepaid_at = list(event.tenders), event.at
+                self.attempt = None
+                self.status = S.PREPAID
+            case TransactionBilled():
+                self.bill_id, self.bill_revision, self.bill_total = event.bill_id, event.revision, event.total
+                self.status = S.BILLED
+            case TransactionSettled():
+                self.settlement = event
+                self.attempt = None
+                self.status = S.BILLED if event.awaiting_cash_confirmation else S.PAID
+            case TransactionCashConfirmed():
+                self.merchant_id = self.merchant_id or event.merchant_id
+                self.cash_confirmed_at = event.at
+                self.status = S.CONFIRMED
+            case TransactionRefunded():
+                self.cancellation, self.attempt = event.plan, None
+                self.status = S.REFUNDED
+            case TransactionVoided():
+                self.cancellation, self.attempt = event.plan, None
+                self.status = S.VOIDED
+            case CompensationVoucherGranted():
+                self.compensation_vouchers.append(event)
+            case MerchantCompensationGranted():
+                self.merchant_compensation = event
+            case MerchantFaultRecorded():
+                self.merchant_fault = event
+            case TransactionRefundsFrozen():
+                self.open_disputes.add(event.dispute_id)
+            case TransactionRefundsUnfrozen():
+                self.open_disputes.discard(event.dispute_id)
+            case _:
+                raise TypeError(f"Transaction cannot apply {type(event).__name__}")

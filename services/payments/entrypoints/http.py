@@ -1,0 +1,72 @@
+"""The payments service's HTTP API: the Stripe webhook (more endpoints follow with issue 3)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from libs.http.errors import error_body, install_error_handlers
+from libs.observability import install_metrics
+from services.payments.domain.signature import HEADER, SignatureError, verify
+from services.payments.domain.upstream import MalformedEvent
+from services.payments.domain.upstream_events import ReceivedVia
+
+WEBHOOK_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "stored (or recognised as a duplicate of an event already stored)"},
+    400: {"description": "bad or stale signature, or a body that is not a Stripe event; nothing stored"},
+    413: {"description": "body too large"},
+}
+
+
+def create_app(payments: Any | None) -> FastAPI:
+    """The payments FastAPI app; `payments` (the running container) is None for OpenAPI only."""
+    app = FastAPI(title="closeloop payments", version="1.0.0",
+                  description="Payments and refunds: upstream payment events (Stripe format), transactions, "
+                              "wallets, settlement, cancellation money, disputes, refund/re-buy reconciliation.")
+    app.state.payments = payments
+    install_error_handlers(app)
+    install_metrics(app)
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"])
+    async def readyz(request: Request) -> JSONResponse:
+        """Readiness: the database answers; upstream ingestion counters."""
+        c = request.app.state.payments
+        try:
+            await c.store.pool.fetchval("SELECT 1")
+        except Exception as exc:
+            return JSONResponse(error_body("not_ready", f"database: {exc}"), status_code=503)
+        return JSONResponse({"status": "ready", "upstream": c.stats})
+
+    @app.post("/webhooks/stripe", tags=["upstream"], responses=WEBHOOK_RESPONSES)
+    async def stripe_webhook(request: Request) -> JSONResponse:
+        """Receive a Stripe event. The `Stripe-Signature` header must carry an HMAC-SHA256 (v1) of
+        `"{t}.{raw body}"` made with one of the endpoint secrets, at most 5 minutes old. The raw event is
+        stored as evidence with its normalised fact; a redelivered event id changes nothing."""
+        c = request.app.state.payments
+        body = await request.body()
+        if len(body) > c.settings.webhook_max_body_bytes:
+            return JSONResponse(error_body("payload_too_large", f"body over {c.settings.webhook_max_body_bytes} bytes"),
+                                status_code=413)
+        try:
+            verify(body, request.headers.get(HEADER), c.settings.webhook_secrets, now=int(time.time()),
+                   tolerance=c.settings.stripe_webhook_tolerance_s)
+        except SignatureError as exc:
+            return JSONResponse(error_body("invalid_signature", f"{HEADER}: {exc.reason}",
+                                           fields=[{"field": HEADER, "rule": exc.reason}]), status_code=400)
+        try:
+            outcome = await c.ingestor.ingest(body, via=ReceivedVia.WEBHOOK, signature_verified=True)
+        except MalformedEvent as exc:
+            return JSONResponse(error_body("malformed_event", exc.message,
+                                           fields=[{"field": exc.field, "rule": exc.rule}]), status_code=400)
+        c.stats["duplicates" if outcome.duplicate else "stored"] += 1
+        return JSONResponse(outcome.as_response())
+
+    return app

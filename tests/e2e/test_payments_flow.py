@@ -1,0 +1,119 @@
+"""Payments end to end: a Stripe charge for an order's prepayment (through the signed webhook,
+before or after the order reaches the payments service) prepays the order; the merchant's
+bill settles along the seed's rules (多退少補): an excess is refunded at once, a shortfall
+waits for its own payment; the orders service completes the order on the settlement."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+import asyncpg
+import pytest
+
+from libs.devstack.client import PlatformClient
+from services.payments.domain.signature import sign
+from tests.e2e.conftest import WEBHOOK_SECRET
+from tests.e2e.test_order_flow import order_body
+from tests.e2e.test_upstream_ingestion import charge_succeeded
+
+pytestmark = pytest.mark.e2e
+
+
+async def send(client: PlatformClient, stack: Any, event: dict[str, Any]) -> dict[str, Any]:
+    body = json.dumps(event).encode()
+    r = await client.http.post(f"{stack.url('payments')}/webhooks/stripe", content=body,
+                               headers={"Stripe-Signature": sign(body, WEBHOOK_SECRET, int(time.time())),
+                                        "Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+async def stream_types(pg_dsn: str, stream_id: str) -> list[str]:
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        return [r["event_type"] for r in await conn.fetch(
+            "SELECT event_type FROM events WHERE stream_id = $1 ORDER BY stream_version", stream_id)]
+    finally:
+        await conn.close()
+
+
+async def prepaid_order(client: PlatformClient, stack: Any, *, charge_first: bool) -> tuple[str, str, str]:
+    customer, merchant = f"c-{uuid.uuid4().hex[:8]}", f"m-{uuid.uuid4().hex[:8]}"
+    body = order_body(customer, f"s-{uuid.uuid4().hex[:8]}", hour=19)  # after-dinner window: prepay
+    if charge_first:
+        # The provider's charge can reach us before the order does: it waits (parked), then applies.
+        order_id = None
+        placed = await client.command("/orders", body, actor=customer, role="customer", wait=False)
+        order_id = placed["order_id"]
+        await send(client, stack, charge_succeeded(order_id, amount=placed["estimated_total"]["amount"]))
+    else:
+        placed = await client.command("/orders", body, actor=customer, role="customer")
+        order_id = placed["order_id"]
+        deadline = time.monotonic() + 15
+        while "TransactionOpened" not in await stream_types(stack.pg_dsn, f"transaction-{order_id}"):
+            assert time.monotonic() < deadline, "payments never opened the transaction"
+            await asyncio_sleep(0.05)
+        await send(client, stack, charge_succeeded(order_id, amount=placed["estimated_total"]["amount"]))
+    view = await client.wait_for_status(order_id, "awaiting_confirmation", timeout=20)
+    assert view["prepaid_amount"] == placed["estimated_total"]
+    return order_id, customer, merchant
+
+
+async def asyncio_sleep(seconds: float) -> None:
+    import asyncio
+
+    await asyncio.sleep(seconds)
+
+
+@pytest.mark.parametrize("charge_first", [False, True], ids=["order-first", "charge-first"])
+async def test_a_stripe_charge_prepays_the_order_through_the_payments_service(client: PlatformClient, stack: Any,
+                                                                              charge_first: bool) -> None:
+    order_id, _, _ = await prepaid_order(client, stack, charge_first=charge_first)
+    assert await stream_types(stack.pg_dsn, f"transaction-{order_id}") == [
+        "TransactionOpened", "TransactionPrepaymentCaptured"]
+    assert await stream_types(stack.pg_dsn, f"payment-{order_id}") == ["PrepaymentCaptured"]
+
+
+async def test_a_bill_below_the_prepayment_settles_at_once_and_refunds_the_excess(client: PlatformClient,
+                                                                                  stack: Any) -> None:
+    order_id, customer, merchant = await prepaid_order(client, stack, charge_first=False)
+    m = {"actor": merchant, "role": "merchant"}
+    await client.command(f"/orders/{order_id}/accept", {"merchant_id": merchant}, **m)
+    await client.command(f"/orders/{order_id}/start", {"merchant_id": merchant}, **m)
+    await client.command(f"/orders/{order_id}/bill", {"merchant_id": merchant, "actual_minutes": 90}, **m)
+    await client.command(f"/orders/{order_id}/bill/confirm", {"customer_id": customer, "revision": 1},
+                         actor=customer, role="customer")
+    done = await client.wait_for_status(order_id, "completed", timeout=20)
+    assert done["settled_total"] == {"amount": 90000, "currency": "TWD"}  # 1.5 h at TWD 600.00
+    conn = await asyncpg.connect(stack.pg_dsn)
+    try:
+        data = await conn.fetchval("SELECT data FROM events WHERE stream_id = $1 AND event_type = 'TransactionSettled'",
+                                   f"transaction-{order_id}")
+    finally:
+        await conn.close()
+    settled = json.loads(data)
+    assert settled["refunded"] == {"amount": 30000, "currency": "TWD"}  # the excess, back to the card
+    assert settled["collected"] == {"amount": 0, "currency": "TWD"}
+
+
+async def test_a_bill_above_the_prepayment_waits_for_the_shortfall_then_completes(client: PlatformClient,
+                                                                                  stack: Any) -> None:
+    order_id, customer, merchant = await prepaid_order(client, stack, charge_first=False)
+    m = {"actor": merchant, "role": "merchant"}
+    await client.command(f"/orders/{order_id}/accept", {"merchant_id": merchant}, **m)
+    await client.command(f"/orders/{order_id}/start", {"merchant_id": merchant}, **m)
+    await client.command(f"/orders/{order_id}/bill", {"merchant_id": merchant, "actual_minutes": 150}, **m)
+    await client.command(f"/orders/{order_id}/bill/confirm", {"customer_id": customer, "revision": 1},
+                         actor=customer, role="customer")
+    deadline = time.monotonic() + 15
+    while "TransactionBilled" not in await stream_types(stack.pg_dsn, f"transaction-{order_id}"):
+        assert time.monotonic() < deadline
+        await asyncio_sleep(0.05)
+    assert (await client.order(order_id))["status"] == "awaiting_payment"  # 300.00 still to pay
+    await send(client, stack, charge_succeeded(order_id, amount=30000))
+    done = await client.wait_for_status(order_id, "completed", timeout=20)
+    assert done["settled_total"] == {"amount": 150000, "currency": "TWD"}
+    assert await stream_types(stack.pg_dsn, f"payment-{order_id}") == ["PrepaymentCaptured", "BillSettled"]
