@@ -4,7 +4,8 @@ Each event is handled in its own savepoint by a function that loads aggregates t
 UnitOfWork and calls their commands; the effects commit together with the consumer's
 processed-event records and offsets (libs.messaging.consumer). An event the domain refuses
 (e.g. a payment for an order that was cancelled meanwhile) is logged and skipped without
-holding up the batch; a concurrency conflict aborts the batch, which the consumer retries.
+holding up the batch; one that fails unexpectedly is dead-lettered (table dead_letters);
+a concurrency conflict or a database outage aborts the batch, which the consumer retries.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from libs.application.unit_of_work import CommandContext, UnitOfWork
 from libs.domain.errors import DomainError
 from libs.domain.events import DomainEvent, UnknownEventType, registry
 from libs.eventstore import EventStore
+from libs.messaging.consumer import TRANSIENT
 from libs.messaging.envelope import EventEnvelope
 from libs.observability import HANDLER_ERRORS
 
@@ -33,6 +35,7 @@ class Reactions:
         self.reaction = react
         self.actor = actor
         self.rejected: list[tuple[str, str]] = []  # (event id, reason), for /readyz and tests
+        self.dead_lettered = 0
 
     async def handle(self, conn: asyncpg.Connection, envelopes: Sequence[EventEnvelope]) -> None:
         for e in envelopes:
@@ -51,3 +54,17 @@ class Reactions:
                 log.warning("%s: %s %s refused: %s", self.actor, e.event_type, e.event_id, exc)
                 HANDLER_ERRORS.labels(self.actor, type(exc).__name__).inc()
                 self.rejected.append((str(e.event_id), str(exc)))
+            except TRANSIENT:
+                raise  # the whole batch is retried
+            except Exception as exc:
+                # A bug or an event this code cannot handle: dead-letter it (visible, re-drivable)
+                # rather than stall the partition behind it forever.
+                log.exception("%s: %s %s failed; dead-lettered", self.actor, e.event_type, e.event_id)
+                HANDLER_ERRORS.labels(self.actor, type(exc).__name__).inc()
+                self.dead_lettered += 1
+                await conn.execute(
+                    """INSERT INTO dead_letters (consumer, event_id, stream_id, stream_version, event_type, reason,
+                                                 envelope)
+                       VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (consumer, event_id) DO NOTHING""",
+                    self.actor, e.event_id, e.stream_id, e.stream_version, e.event_type,
+                    f"{type(exc).__name__}: {exc}"[:1000], e.model_dump(mode="json"))

@@ -18,7 +18,7 @@ from faststream.kafka import KafkaBroker
 
 from libs.domain.events import DomainEvent
 from libs.messaging import envelope
-from services.payments.domain.events import transaction_stream_id
+from services.payments.application.contract import contract_stream_id
 from services.registry import PAYMENTS_EVENTS
 
 
@@ -93,7 +93,7 @@ class PaymentsFeed:
 
     async def publish(self, event: DomainEvent, *, actor: str = "payments-feed") -> None:
         order_id = event.order_id  # type: ignore[attr-defined]
-        stream_id = transaction_stream_id(order_id)
+        stream_id = contract_stream_id(order_id)
         self._versions[stream_id] += 1
         key, value, headers = envelope.encode_external(
             event, stream_id=stream_id, stream_version=self._versions[stream_id],

@@ -70,6 +70,13 @@ class Relay:
             self.name)
         return Cursor(row["tx"], row["global_position"]) if row else START
 
+    async def start_at_head_if_new(self) -> None:
+        """Give a relay that has no checkpoint yet the store's current head as its checkpoint."""
+        head = await self.store.head()
+        await self.store.pool.execute(
+            """INSERT INTO relay_checkpoints (name, transaction_id, global_position) VALUES ($1, $2::text::xid8, $3)
+               ON CONFLICT (name) DO NOTHING""", self.name, str(head.transaction_id), head.global_position)
+
     async def _save_checkpoint(self, cursor: Cursor, count: int) -> None:
         await self.store.pool.execute(
             """INSERT INTO relay_checkpoints (name, transaction_id, global_position, published, updated_at)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Literal
 
 from fastapi import FastAPI
 
@@ -22,6 +23,10 @@ log = logging.getLogger("closeloop.relay")
 class RelaySettings(ServiceSettings):
     relay_batch_size: int = 1000
     relay_name: str = "kafka"
+    # Where a relay with no checkpoint yet starts: "beginning" publishes the whole store (the
+    # right thing for a new deployment); "head" only what is appended from now on (a second
+    # relay into a fresh test broker, or a new topic namespace that must not get the history).
+    relay_start: Literal["beginning", "head"] = "beginning"
 
 
 async def main() -> None:
@@ -34,6 +39,8 @@ async def main() -> None:
     await broker.start()
     relay = Relay(store, broker, topic_router(STREAM_TOPICS), name=settings.relay_name,
                   batch_size=settings.relay_batch_size)
+    if settings.relay_start == "head":
+        await relay.start_at_head_if_new()
     app = FastAPI(title="closeloop relay")
 
     async def on_scrape() -> None:

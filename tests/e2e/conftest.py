@@ -47,7 +47,7 @@ def stack(pg_dsn: str, kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFa
     prefix = f"e2e{uuid.uuid4().hex[:6]}-"
     env = {**os.environ, "DATABASE_URL": pg_dsn, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
            "CLOSELOOP_ENVIRONMENT": "test", "CLOSELOOP_INSTANCE_PREFIX": prefix,
-           "CLOSELOOP_RELAY_NAME": f"{prefix}relay", "PYTHONUNBUFFERED": "1",
+           "CLOSELOOP_RELAY_NAME": f"{prefix}relay", "CLOSELOOP_RELAY_START": "head", "PYTHONUNBUFFERED": "1",
            "CLOSELOOP_STRIPE_WEBHOOK_SECRETS": f"{WEBHOOK_SECRET},{OLD_WEBHOOK_SECRET}"}
     children: dict[str, Child] = {}
     try:

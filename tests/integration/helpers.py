@@ -35,6 +35,7 @@ from services.orders.domain.events import (
     Slot,
 )
 from services.orders.domain.order import Order
+from services.payments.application.contract import contract_stream_id
 from services.payments.domain import events as pay
 from services.projector.rebuild import TABLES
 
@@ -150,7 +151,7 @@ def order_story(kind: str = "completed", *, retries: int = 1, with_payments: boo
                 order_id: str | None = None) -> Story:
     """A realistic, valid event sequence for one order, per stream: order-<id>, its
     prepayment and final bill-<id> streams and (with_payments) the payments service's
-    transaction-<order id> stream. `retries` counts the abandoned cashier visits of
+    payment-<order id> stream (the payments contract stream). `retries` counts the abandoned cashier visits of
     payment_abandoned_and_retried."""
     if kind not in KINDS:
         raise ValueError(f"unknown story kind {kind!r}; one of {KINDS}")
@@ -162,7 +163,7 @@ def order_story(kind: str = "completed", *, retries: int = 1, with_payments: boo
     as_merchant = (f"merchant:{merchant}", "merchant")
     as_payments = ("service:payments", "system")
     as_system = ("service:orders", "system")
-    tx_stream = pay.transaction_stream_id(order_id)
+    tx_stream = contract_stream_id(order_id)
     prepaid = kind != "completed_without_prepayment"
     pre_id = new_id("bpre") if prepaid else None
     t = NOW

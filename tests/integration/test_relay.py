@@ -167,7 +167,7 @@ async def test_relay_publishes_each_event_to_its_service_topic_keyed_by_stream_w
         store: EventStore, broker: KafkaBroker, topics: str) -> None:
     relay = await relay_at_head(store, broker)
     story = order_story("completed", with_payments=True)
-    assert {s.split("-", 1)[0] for s in story.streams} == {"order", "bill", "transaction"}
+    assert {s.split("-", 1)[0] for s in story.streams} == {"order", "bill", "payment"}
     await append_story(store, story)
     stored = await recorded(store, [story])
     by_id = {e.event_id: e for events in stored.values() for e in events}
@@ -183,7 +183,7 @@ async def test_relay_publishes_each_event_to_its_service_topic_keyed_by_stream_w
 
     for r in records:
         e = by_id[uuid.UUID(headers_of(r)[envelope.H_EVENT_ID])]
-        assert r.topic == {"order": ORDERS_EVENTS, "bill": ORDERS_EVENTS, "transaction": PAYMENTS_EVENTS}[e.category]
+        assert r.topic == {"order": ORDERS_EVENTS, "bill": ORDERS_EVENTS, "payment": PAYMENTS_EVENTS}[e.category]
         assert r.key == e.stream_id.encode()
         h = headers_of(r)
         assert h[envelope.H_EVENT_TYPE] == e.event_type
