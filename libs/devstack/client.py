@@ -1,10 +1,7 @@
-"""A small client of the platform's HTTP APIs, and a feed that publishes payments events
-the way the relay does. Used by the `make run` demo and the end-to-end tests.
-
-PaymentsFeed stands in for the payments service, which a later issue delivers: it
-publishes that service's contract events (services/payments/domain/events.py) to
-`payments.events`, keyed and enveloped exactly like the relay publishes stored events.
-"""
+"""A small client of the platform's HTTP APIs (the `make run` demo, the end-to-end tests),
+and PaymentsFeed, which publishes payments contract events (services/payments/domain/
+events.py) to `payments.events` the way the relay does: tests use it to drive the orders
+service's reactions to payments on their own, without the payments service's rules."""
 
 from __future__ import annotations
 

@@ -1,30 +1,28 @@
 """The `make run` demo, drawn from the O2O seed (002):
 
-A. A prepaid home dish-washing order: booked for tomorrow 19:00 (the after-dinner
-   window requires prepayment), prepaid with a voucher and a card, accepted, started;
-   the merchant pushes a bill of 150 minutes plus detergent, the customer disputes it,
-   the merchant adjusts it to 135 minutes, the customer confirms, settlement collects
-   the shortfall: completed.
+A. A prepaid home dish-washing order: booked for tomorrow 19:00 (the after-dinner window
+   requires prepayment), prepaid by card (a Stripe charge delivered to the signed
+   webhook), accepted, started; the merchant pushes a bill of 150 minutes plus
+   detergent, the customer disputes it, the merchant adjusts it to 135 minutes, the
+   customer confirms, and the shortfall over the prepayment is charged (多退少補): completed.
 B. Another order, whose customer has a low credit score (prepayment required), is
    prepaid and then cancelled by the customer about 30 hours before the service:
-   cancelled, customer's fault, with the time left recorded for the penalty.
-
-The payments service arrives in a later issue; meanwhile PaymentsFeed publishes its
-contract events to Kafka (see libs/devstack/client.py).
+   cancelled, customer's fault; the payments service keeps half of the online-paid
+   amount as the penalty (24 h <= T < 48 h) and refunds the rest along the original path.
 """
 
 from __future__ import annotations
 
 import secrets
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from rich.table import Table
 
-from libs.devstack.client import PaymentsFeed, PlatformClient
+from libs.devstack.client import PlatformClient
+from libs.devstack.stripe import charge_succeeded, send_webhook
 from libs.domain.money import Money
-from services.payments.domain import events as pay
 
 TZ = ZoneInfo("Asia/Taipei")
 ADDRESS = {"line1": "復興南路一段 100 號 5 樓", "district": "大安區", "city": "臺北市", "postal_code": "106"}
@@ -38,17 +36,27 @@ def _twd(amount: int) -> Money:
     return Money(amount=amount, currency="TWD")
 
 
+class Stripe:
+    """Delivers Stripe-format events to the payments service's webhook, signed with the stack's secret."""
+
+    def __init__(self, client: PlatformClient, endpoints: dict[str, Any]) -> None:
+        self.client = client
+        self.url = endpoints["stripe_webhook_url"]
+        self.secret = endpoints["stripe_webhook_secret"]
+
+    async def charge(self, order_id: str, amount: int) -> None:
+        await send_webhook(self.client.http, self.url, self.secret, charge_succeeded(order_id, amount))
+
+
 async def run_demo(endpoints: dict[str, Any]) -> dict[str, Any]:
     services = endpoints["services"]
     client = PlatformClient(services["orders"], services["projector"])
-    feed = PaymentsFeed(endpoints["kafka_bootstrap_servers"])
-    await feed.start()
+    stripe = Stripe(client, endpoints)
     run = secrets.token_hex(3)
     try:
-        a = await _prepaid_order_with_adjusted_bill(client, feed, run)
-        b = await _customer_cancels_30_hours_before(client, feed, run)
+        a = await _prepaid_order_with_adjusted_bill(client, stripe, run)
+        b = await _customer_cancels_30_hours_before(client, stripe, run, endpoints["postgres_url"])
     finally:
-        await feed.stop()
         await client.aclose()
     table = Table(title="demo: final states (from the projector's read model)")
     for col in ("order", "story", "status", "prepayment because", "money", "cancellation"):
@@ -64,26 +72,18 @@ def _fmt(m: dict[str, Any] | None) -> str:
     return str(Money(**m)) if m else "-"
 
 
-async def _prepaid_order_with_adjusted_bill(client: PlatformClient, feed: PaymentsFeed, run: str) -> dict[str, Any]:
+async def _prepaid_order_with_adjusted_bill(client: PlatformClient, stripe: Stripe, run: str) -> dict[str, Any]:
     customer, staff, merchant = f"cust-lin-{run}", f"staff-wang-{run}", f"merchant-wang-{run}"
     tomorrow = (datetime.now(TZ) + timedelta(days=1)).date()
     start = datetime(tomorrow.year, tomorrow.month, tomorrow.day, 19, 0, tzinfo=TZ)
     placed = await client.command("/orders", {
         "customer_id": customer, "staff_id": staff, "service_code": "dishwash-standard",
         "slot": {"start": start.isoformat(), "end": (start + timedelta(hours=2)).isoformat()},
-        "address": ADDRESS, "voucher_ids": ["vch-newcomer-100"], "use_member_balance": False,
+        "address": ADDRESS,
     }, actor=customer, role="customer", idempotency_key=f"demo-{run}-a")
-    oid, prepay_bill = placed["order_id"], placed["prepayment_bill_id"]
+    oid = placed["order_id"]
     estimate = placed["estimated_total"]
-    now = datetime.now(UTC)
-    await feed.publish(pay.PaymentAttemptStarted(order_id=oid, bill_id=prepay_bill, attempt_id=f"att-{run}-1",
-                                                 amount=Money(**estimate), method="credit_card", at=now))
-    await client.wait_for_status(oid, "processing")
-    await feed.publish(pay.PrepaymentCaptured(
-        order_id=oid, bill_id=prepay_bill, amount=Money(**estimate), captured_at=datetime.now(UTC),
-        tenders=[pay.Tender(kind=pay.TenderKind.VOUCHER, amount=_twd(10000), reference="vch-newcomer-100"),
-                 pay.Tender(kind=pay.TenderKind.THIRD_PARTY, amount=_twd(estimate["amount"] - 10000),
-                            reference=f"pi_demo_{run}")]))
+    await stripe.charge(oid, estimate["amount"])  # the card payment of the prepayment
     await client.wait_for_status(oid, "awaiting_confirmation")
     await client.command(f"/orders/{oid}/accept", {"merchant_id": merchant}, actor=merchant, role="merchant")
     await client.command(f"/orders/{oid}/start", {"merchant_id": merchant}, actor=merchant, role="merchant")
@@ -97,26 +97,22 @@ async def _prepaid_order_with_adjusted_bill(client: PlatformClient, feed: Paymen
     bill = adjusted["bill"]
     await client.command(f"/orders/{oid}/bill/confirm", {"customer_id": customer, "revision": bill["revision"]},
                          actor=customer, role="customer")
-    total = Money(**bill["total"])
-    shortfall = _twd(total.amount - estimate["amount"])
-    await feed.publish(pay.BillSettled(
-        order_id=oid, bill_id=bill["bill_id"], total=total, refunded=_twd(0), collected=shortfall,
-        settled_at=datetime.now(UTC),
-        tenders=[pay.Tender(kind=pay.TenderKind.VOUCHER, amount=_twd(10000), reference="vch-newcomer-100"),
-                 pay.Tender(kind=pay.TenderKind.THIRD_PARTY, amount=_twd(estimate["amount"] - 10000),
-                            reference=f"pi_demo_{run}"),
-                 pay.Tender(kind=pay.TenderKind.THIRD_PARTY, amount=shortfall, reference=f"pi_demo_{run}_2")]))
+    await client.wait_for_status(oid, "awaiting_payment")
+    shortfall = bill["total"]["amount"] - estimate["amount"]
+    await stripe.charge(oid, shortfall)  # 少補: the customer pays the rest online
     final = await client.wait_for_status(oid, "completed")
     return {"order_id": oid, "story": "prepaid dish-washing, bill adjusted 150 -> 135 min and confirmed",
             "status": final["status"], "status_label": final["status_label"],
             "reasons": ", ".join(r["rule"] for r in final["prepayment_reasons"]),
             "money": f"estimate {_fmt(final['estimated_total'])}, prepaid {_fmt(final['prepaid_amount'])}, "
                      f"bill r{final['bill_revision']} {_fmt(final['bill_total'])}, "
+                     f"shortfall charged {_fmt({'amount': shortfall, 'currency': 'TWD'})}, "
                      f"settled {_fmt(final['settled_total'])}",
             "cancellation": "-", "read_model": final}
 
 
-async def _customer_cancels_30_hours_before(client: PlatformClient, feed: PaymentsFeed, run: str) -> dict[str, Any]:
+async def _customer_cancels_30_hours_before(client: PlatformClient, stripe: Stripe, run: str,
+                                            postgres_url: str) -> dict[str, Any]:
     customer, staff = f"cust-chen-{run}", f"staff-lee-{run}"
     await client.command(f"/customers/{customer}/credit-score", {"score": 520, "source": "demo-credit-bureau"},
                          actor="credit-bureau", role="service", method="PUT", wait=False)
@@ -129,20 +125,40 @@ async def _customer_cancels_30_hours_before(client: PlatformClient, feed: Paymen
         "address": ADDRESS,
     }, actor=customer, role="customer", idempotency_key=f"demo-{run}-b")
     oid = placed["order_id"]
-    await feed.publish(pay.PrepaymentCaptured(
-        order_id=oid, bill_id=placed["prepayment_bill_id"], amount=Money(**placed["estimated_total"]),
-        captured_at=datetime.now(UTC),
-        tenders=[pay.Tender(kind=pay.TenderKind.THIRD_PARTY, amount=Money(**placed["estimated_total"]),
-                            reference=f"pi_demo_{run}_b")]))
+    await stripe.charge(oid, placed["estimated_total"]["amount"])
     await client.wait_for_status(oid, "awaiting_confirmation")
     await client.command(f"/orders/{oid}/cancel", {"cancelled_by": "customer", "reason_code": "plans_changed",
                                                    "reason": "family trip moved"}, actor=customer, role="customer")
     final = await client.wait_for_status(oid, "cancelled")
     secs = final["seconds_before_service_start"]
+    plan = await _refund_plan(postgres_url, oid)
     return {"order_id": oid, "story": "prepaid, then cancelled by the customer ~30 h before the service",
             "status": final["status"], "status_label": final["status_label"],
             "reasons": ", ".join(r["rule"] for r in final["prepayment_reasons"]),
-            "money": f"prepaid {_fmt(final['prepaid_amount'])}",
+            "money": f"prepaid {_fmt(final['prepaid_amount'])}, penalty {_fmt(plan.get('penalty'))}, "
+                     f"refunded {_fmt(plan.get('refunded'))} (policy {plan.get('policy_version', '?')})",
             "cancellation": f"by {final['cancelled_by']}, fault {final['fault_party']}, "
                             f"{secs // 3600} h {secs % 3600 // 60} min before the start",
             "read_model": final}
+
+
+async def _refund_plan(postgres_url: str, order_id: str, timeout: float = 15) -> dict[str, Any]:
+    """The cancellation plan the payments service recorded (read from the event store)."""
+    import asyncio
+    import json
+
+    import asyncpg
+
+    deadline = asyncio.get_running_loop().time() + timeout
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        while True:
+            data = await conn.fetchval("SELECT data FROM events WHERE stream_id = $1 AND event_type IN "
+                                       "('TransactionRefunded', 'TransactionVoided')", f"transaction-{order_id}")
+            if data is not None:
+                return dict(json.loads(data)["plan"])
+            if asyncio.get_running_loop().time() > deadline:
+                return {}
+            await asyncio.sleep(0.1)
+    finally:
+        await conn.close()

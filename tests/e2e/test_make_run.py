@@ -46,7 +46,7 @@ def _descendants(pid: int) -> set[int]:
 
 def test_make_run_starts_the_stack_runs_the_demo_and_ctrl_c_leaves_no_process(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    env = {**os.environ, "CLOSELOOP_STATE_DIR": str(state), "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "CLOSELOOP_STATE_DIR": str(state), "COLUMNS": "400", "PYTHONUNBUFFERED": "1"}
     for var in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS"):
         env.pop(var, None)
     log = (tmp_path / "supervisor.out").open("w+")
@@ -62,6 +62,7 @@ def test_make_run_starts_the_stack_runs_the_demo_and_ctrl_c_leaves_no_process(tm
         # The demo's final states, from the read model.
         assert "completed" in out and "已完成" in out
         assert "cancelled" in out and "fault customer" in out and "30 h" in out
+        assert "penalty TWD 300.00" in out and "refunded TWD 300.00" in out  # half of 600.00 (24-48 h)
         dev = json.loads((state / "dev.json").read_text())
         for name, url in dev["services"].items():
             assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200, name

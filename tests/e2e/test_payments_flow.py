@@ -14,10 +14,10 @@ import asyncpg
 import pytest
 
 from libs.devstack.client import PlatformClient
+from libs.devstack.stripe import charge_succeeded
 from services.payments.domain.signature import sign
 from tests.e2e.conftest import WEBHOOK_SECRET
 from tests.e2e.test_order_flow import order_body
-from tests.e2e.test_upstream_ingestion import charge_succeeded
 
 pytestmark = pytest.mark.e2e
 

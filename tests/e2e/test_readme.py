@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.conftest import WEBHOOK_SECRET
+
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,7 +27,8 @@ def walkthrough() -> str:
 
 def test_readme_walkthrough_runs_against_the_stack(stack: Any) -> None:
     env = {**os.environ, "ORDERS": stack.url("orders"), "PROJECTOR": stack.url("projector"),
-           "KAFKA_BOOTSTRAP_SERVERS": stack.kafka_bootstrap,
+           "KAFKA_BOOTSTRAP_SERVERS": stack.kafka_bootstrap, "PAYMENTS": stack.url("payments"),
+           "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     result = subprocess.run(["bash", "-euo", "pipefail", "-c", walkthrough()], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=120)
@@ -33,6 +36,7 @@ def test_readme_walkthrough_runs_against_the_stack(stack: Any) -> None:
     lines = result.stdout.splitlines()
     assert "awaiting_prepayment" in lines
     assert "['push_bill']" in lines or "['adjust_bill', 'confirm_bill']" in lines
-    assert "awaiting_payment" in lines
+    assert "awaiting_payment" in lines and "awaiting_confirmation" in lines and "completed" in lines
+    assert '"duplicate":false' in result.stdout  # the webhook answered for the two charges
     assert "OrderCompleted" in result.stdout and "BillAdjusted" in result.stdout
     assert "cancelled" in lines

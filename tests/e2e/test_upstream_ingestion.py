@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import time
 import uuid
 from typing import Any
@@ -16,28 +15,12 @@ import pytest
 from faststream.kafka import KafkaBroker
 
 from libs.devstack.client import PlatformClient
+from libs.devstack.stripe import charge_succeeded, stripe_id
 from services.payments.domain.signature import sign
 from services.registry import PAYMENTS_UPSTREAM
 from tests.e2e.conftest import OLD_WEBHOOK_SECRET, WEBHOOK_SECRET
 
 pytestmark = pytest.mark.e2e
-
-
-def stripe_id(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_hex(12)}"
-
-
-def charge_succeeded(order_id: str, amount: int = 120000) -> dict[str, Any]:
-    charge, pi = stripe_id("ch"), stripe_id("pi")
-    return {
-        "id": stripe_id("evt"), "object": "event", "api_version": "2024-06-20", "created": int(time.time()),
-        "livemode": False, "pending_webhooks": 1, "request": {"id": stripe_id("req"), "idempotency_key": None},
-        "type": "charge.succeeded",
-        "data": {"object": {
-            "id": charge, "object": "charge", "amount": amount, "amount_captured": amount, "amount_refunded": 0,
-            "currency": "twd", "paid": True, "refunded": False, "status": "succeeded", "payment_intent": pi,
-            "created": int(time.time()), "metadata": {"order_id": order_id}}},
-    }
 
 
 async def stored(pg_dsn: str, provider_event_id: str) -> list[dict[str, Any]]:
@@ -58,7 +41,7 @@ async def post(client: PlatformClient, stack: Any, body: bytes, signature: str |
 
 
 async def test_signed_event_is_stored_once_however_often_it_is_delivered(client: PlatformClient, stack: Any) -> None:
-    event = charge_succeeded(f"ord-{uuid.uuid4().hex[:8]}")
+    event = charge_succeeded(f"ord-{uuid.uuid4().hex[:8]}", 120000)
     body = json.dumps(event).encode()
     first = await post(client, stack, body, sign(body, WEBHOOK_SECRET, int(time.time())))
     assert first.status_code == 200, first.text
@@ -74,7 +57,7 @@ async def test_signed_event_is_stored_once_however_often_it_is_delivered(client:
 
 
 async def test_a_second_secret_is_accepted_during_a_rotation(client: PlatformClient, stack: Any) -> None:
-    event = charge_succeeded(f"ord-{uuid.uuid4().hex[:8]}")
+    event = charge_succeeded(f"ord-{uuid.uuid4().hex[:8]}", 120000)
     body = json.dumps(event).encode()
     r = await post(client, stack, body, sign(body, OLD_WEBHOOK_SECRET, int(time.time())))
     assert r.status_code == 200 and r.json()["duplicate"] is False
@@ -83,7 +66,7 @@ async def test_a_second_secret_is_accepted_during_a_rotation(client: PlatformCli
 @pytest.mark.parametrize("case", ["tampered body", "wrong secret", "stale", "future", "no header", "garbage header"])
 async def test_bad_or_stale_signature_is_400_and_stores_nothing(client: PlatformClient, stack: Any,
                                                                  case: str) -> None:
-    event = charge_succeeded(f"ord-{uuid.uuid4().hex[:8]}")
+    event = charge_succeeded(f"ord-{uuid.uuid4().hex[:8]}", 120000)
     body = json.dumps(event).encode()
     now = int(time.time())
     signature: str | None = {
@@ -104,7 +87,7 @@ async def test_bad_or_stale_signature_is_400_and_stores_nothing(client: Platform
 @pytest.mark.parametrize(("body", "field"), [
     (b"not json", "body"),
     (b'{"object": "event"}', "id"),
-    (json.dumps({**charge_succeeded("o1"), "data": {}}).encode(), "data.object"),
+    (json.dumps({**charge_succeeded("o1", 120000), "data": {}}).encode(), "data.object"),
 ])
 async def test_a_malformed_body_is_400_naming_the_field_and_stores_nothing(client: PlatformClient, stack: Any,
                                                                            body: bytes, field: str) -> None:
@@ -114,7 +97,7 @@ async def test_a_malformed_body_is_400_naming_the_field_and_stores_nothing(clien
 
 
 async def test_unknown_event_types_are_stored_and_acknowledged(client: PlatformClient, stack: Any) -> None:
-    event = {**charge_succeeded("o1"), "type": "customer.subscription.updated",
+    event = {**charge_succeeded("o1", 120000), "type": "customer.subscription.updated",
              "data": {"object": {"id": stripe_id("sub"), "object": "subscription"}}}
     body = json.dumps(event).encode()
     r = await post(client, stack, body, sign(body, WEBHOOK_SECRET, int(time.time())))
@@ -125,7 +108,7 @@ async def test_unknown_event_types_are_stored_and_acknowledged(client: PlatformC
 
 
 async def test_events_on_the_upstream_topic_are_stored_once(stack: Any) -> None:
-    event = charge_succeeded(f"ord-{uuid.uuid4().hex[:8]}")
+    event = charge_succeeded(f"ord-{uuid.uuid4().hex[:8]}", 120000)
     broker = KafkaBroker(stack.kafka_bootstrap, acks="all", enable_idempotence=False)
     await broker.start()
     try:
