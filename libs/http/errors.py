@@ -54,9 +54,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RuleViolation)
     async def _rule(_: Request, exc: RuleViolation) -> JSONResponse:
-        return JSONResponse(
-            error_body(exc.code, exc.message, fields=[{"field": exc.field, "rule": exc.rule}]), status_code=422
-        )
+        # A rule about who may act (code "forbidden", e.g. only an approver decides) is a 403.
+        status = 403 if exc.code == "forbidden" else 422
+        return JSONResponse(error_body(exc.code, exc.message, fields=[{"field": exc.field, "rule": exc.rule}]),
+                            status_code=status)
 
     @app.exception_handler(CurrencyMismatch)
     async def _currency(_: Request, exc: CurrencyMismatch) -> JSONResponse:
