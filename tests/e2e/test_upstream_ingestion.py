@@ -123,3 +123,9 @@ async def test_events_on_the_upstream_topic_are_stored_once(stack: Any) -> None:
     rows = await stored(stack.pg_dsn, event["id"])
     assert [r["event_type"] for r in rows] == ["UpstreamEventReceived", "UpstreamChargeSucceeded"]
     assert rows[0]["data"]["received_via"] == "kafka"
+
+
+async def test_an_oversized_body_is_refused_with_413(client: PlatformClient, stack: Any) -> None:
+    body = b'{"pad": "' + b"x" * 1_100_000 + b'"}'
+    r = await post(client, stack, body, sign(body, WEBHOOK_SECRET, int(time.time())))
+    assert r.status_code == 413

@@ -51,6 +51,10 @@ def create_app(payments: Any | None) -> FastAPI:
         `"{t}.{raw body}"` made with one of the endpoint secrets, at most 5 minutes old. The raw event is
         stored as evidence with its normalised fact; a redelivered event id changes nothing."""
         c = request.app.state.payments
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > c.settings.webhook_max_body_bytes:  # refuse before reading it
+            return JSONResponse(error_body("payload_too_large", f"body over {c.settings.webhook_max_body_bytes} bytes"),
+                                status_code=413)
         body = await request.body()
         if len(body) > c.settings.webhook_max_body_bytes:
             return JSONResponse(error_body("payload_too_large", f"body over {c.settings.webhook_max_body_bytes} bytes"),
