@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import FastAPI
 
 from libs.eventstore import EventStore
+from libs.http.health import install_health
 from libs.messaging.broker import make_broker
 from libs.messaging.relay import Relay
 from libs.messaging.topics import ensure_topics, topic_router
@@ -48,17 +49,11 @@ async def main() -> None:
 
     install_metrics(app, on_scrape)
 
-    @app.get("/healthz")
-    async def healthz() -> dict:
-        """Liveness."""
-        return {"status": "ok"}
-
-    @app.get("/readyz")
-    async def readyz() -> dict:
-        """Readiness: the database answers; reports the relay's position and lag."""
-        cursor = await relay.checkpoint()
-        return {"status": "ready", "checkpoint": str(cursor), "lag": await relay.lag(),
+    async def ready_details() -> dict[str, Any]:
+        return {"checkpoint": str(await relay.checkpoint()), "lag": await relay.lag(),
                 "published_since_start": relay.stats.published}
+
+    install_health(app, lambda: store.pool, ready_details, readiness="the relay's position and lag.")
 
     try:
         log.info("relay publishing to %s", settings.kafka_bootstrap_servers)

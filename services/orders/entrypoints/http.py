@@ -6,12 +6,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Path, Query, Request, Response
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from libs.application.unit_of_work import CommandResult
 from libs.http.context import Ctx
-from libs.http.errors import error_body, install_error_handlers
+from libs.http.errors import install_error_handlers
+from libs.http.health import install_health
 from libs.messaging.consumer import refresh_consumer_lag
 from libs.observability import install_metrics
 from services.orders.domain.commands import (
@@ -98,22 +98,13 @@ def create_app(orders: Any | None) -> FastAPI:
     def svc(request: Request) -> Any:
         return request.app.state.orders.service
 
-    @app.get("/healthz", tags=["ops"])
-    async def healthz() -> dict[str, str]:
-        """Liveness: the process answers."""
-        return {"status": "ok"}
+    async def ready_details() -> dict[str, Any]:
+        c = app.state.orders
+        return {"timers_fired": c.timers.fired, "payments_events_applied": c.consumer.stats.applied,
+                "payments_events_refused": len(c.reactions.rejected)}
 
-    @app.get("/readyz", tags=["ops"])
-    async def readyz(request: Request) -> JSONResponse:
-        """Readiness: the database answers and the payments consumer is running."""
-        c = request.app.state.orders
-        try:
-            await c.store.pool.fetchval("SELECT 1")
-        except Exception as exc:
-            return JSONResponse(error_body("not_ready", f"database: {exc}"), status_code=503)
-        return JSONResponse({"status": "ready", "timers_fired": c.timers.fired,
-                               "payments_events_applied": c.consumer.stats.applied,
-                               "payments_events_refused": len(c.reactions.rejected)})
+    install_health(app, lambda: app.state.orders.store.pool, ready_details,
+                   readiness="the payments consumer's progress and the timers fired.")
 
     @app.post("/orders", status_code=201, response_model=OrderCommandResponse, tags=["orders"],
               responses=COMMAND_ERRORS)

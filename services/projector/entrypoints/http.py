@@ -9,11 +9,11 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import FastAPI, HTTPException, Path, Query, Request
-from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, Field
 
 from libs.domain.money import Money
-from libs.http.errors import error_body, install_error_handlers
+from libs.http.errors import install_error_handlers
+from libs.http.health import install_health
 from libs.messaging.consumer import refresh_consumer_lag
 from libs.observability import install_metrics
 from services.orders.domain.events import OrderStatus
@@ -152,23 +152,15 @@ def create_app(projector: Any | None) -> FastAPI:
     def pool(request: Request) -> Any:
         return request.app.state.projector.store.pool
 
-    @app.get("/healthz", tags=["ops"])
-    async def healthz() -> dict[str, str]:
-        """Liveness: the process answers."""
-        return {"status": "ok"}
-
-    @app.get("/readyz", tags=["ops"])
-    async def readyz(request: Request) -> JSONResponse:
-        """Readiness: the database answers; shows the consumer's progress."""
-        p = request.app.state.projector
-        try:
-            await p.store.pool.fetchval("SELECT 1")
-        except Exception as exc:
-            return JSONResponse(error_body("not_ready", f"database: {exc}"), status_code=503)
+    async def ready_details() -> dict[str, Any]:
+        p = app.state.projector
         s = p.consumer.stats
-        return JSONResponse({"status": "ready", "batches": s.batches, "applied": s.applied,
-                               "duplicates": s.duplicates, "dead_lettered": p.orders.dead_lettered,
-                               "offsets": {f"{t}/{part}": o for (t, part), o in s.offsets.items()}})
+        return {"batches": s.batches, "applied": s.applied, "duplicates": s.duplicates,
+                "dead_lettered": p.orders.dead_lettered,
+                "offsets": {f"{t}/{part}": o for (t, part), o in s.offsets.items()}}
+
+    install_health(app, lambda: app.state.projector.store.pool, ready_details,
+                   readiness="the consumer's progress (batches, events applied, duplicates, offsets).")
 
     @app.get("/orders/{order_id}", response_model=OrderView, tags=["orders"],
              responses={404: {"description": "no such order in the read model (yet)"}})
