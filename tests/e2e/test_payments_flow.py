@@ -117,3 +117,20 @@ async def test_a_bill_above_the_prepayment_waits_for_the_shortfall_then_complete
     done = await client.wait_for_status(order_id, "completed", timeout=20)
     assert done["settled_total"] == {"amount": 150000, "currency": "TWD"}
     assert await stream_types(stack.pg_dsn, f"payment-{order_id}") == ["PrepaymentCaptured", "BillSettled"]
+
+
+async def test_a_charge_for_a_cancelled_order_is_recorded_to_be_returned(client: PlatformClient,
+                                                                          stack: Any) -> None:
+    customer = f"c-{uuid.uuid4().hex[:8]}"
+    placed = await client.command("/orders", order_body(customer, f"s-{uuid.uuid4().hex[:8]}", hour=19),
+                                  actor=customer, role="customer")
+    order_id = placed["order_id"]
+    await client.command(f"/orders/{order_id}/cancel", {"cancelled_by": "customer", "reason_code": "changed_mind"},
+                         actor=customer, role="customer")
+    deadline = time.monotonic() + 15
+    while "TransactionVoided" not in await stream_types(stack.pg_dsn, f"transaction-{order_id}"):
+        assert time.monotonic() < deadline, "payments never voided the transaction"
+        await asyncio_sleep(0.05)
+    await send(client, stack, charge_succeeded(order_id, amount=placed["estimated_total"]["amount"]))
+    assert (await stream_types(stack.pg_dsn, f"transaction-{order_id}"))[-1] == "TransactionPaymentToReturn"
+    assert (await client.order(order_id))["status"] == "cancelled"  # the order stays cancelled

@@ -128,19 +128,25 @@ class PaymentsService:
             case UpstreamChargeSucceeded():
                 reference = fact.payment_intent_id or fact.charge_id or fact.provider_event_id
                 paid = [t.reference for t in txn.prepaid_tenders]
+                paid += [p.tender.reference for p in txn.payments_to_return]
                 if txn.settlement and txn.settlement.collection:
                     paid.append(txn.settlement.collection.reference)
                 if reference in paid:
                     return "duplicate: this payment is already applied"  # Stripe reports it twice
                 assert fact.amount is not None
+                tender = ev.Tender(kind=ev.TenderKind.THIRD_PARTY, amount=fact.amount, reference=reference)
                 if txn.status is ev.TransactionStatus.UNPAID:
-                    txn.capture_prepayment([ev.Tender(kind=ev.TenderKind.THIRD_PARTY, amount=fact.amount,
-                                                      reference=reference)], at=fact.occurred_at)
+                    if txn.payment_deadline is not None and fact.occurred_at >= txn.payment_deadline:
+                        txn.record_payment_to_return(tender, "paid after the payment deadline", fact.occurred_at)
+                        return "to return: paid after the payment deadline"
+                    txn.capture_prepayment([tender], at=fact.occurred_at)
                     return "prepayment captured"
                 if txn.status is ev.TransactionStatus.BILLED and txn.settlement is None:
                     txn.settle(at=fact.occurred_at, method=ev.TenderKind.THIRD_PARTY, reference=reference)
                     return "shortfall collected"
-                return f"not applied: the transaction is {txn.status}"
+                # The order was cancelled, or is paid already: the money goes back.
+                txn.record_payment_to_return(tender, f"the transaction is {txn.status}", fact.occurred_at)
+                return f"to return: the transaction is {txn.status}"
             case UpstreamPaymentFailed():
                 if txn.attempt is not None:
                     txn.fail_attempt(txn.attempt.attempt_id, ev.FailureReason.DECLINED, fact.occurred_at)

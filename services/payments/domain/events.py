@@ -586,3 +586,13 @@ class TransactionRefundsUnfrozen(TransactionStreamEvent):
 
     dispute_id: Id
     at: AwareDatetime
+
+
+class TransactionPaymentToReturn(TransactionStreamEvent):
+    """Money arrived that the transaction cannot take (the order was cancelled or voided first, the
+    payment deadline had passed, or the bill was already settled): it is owed back to the customer
+    along its own path. Recorded, never dropped: the provider holds the customer's money."""
+
+    tender: Tender
+    reason: Annotated[str, Field(min_length=1, max_length=500)]
+    at: AwareDatetime

@@ -50,6 +50,7 @@ from services.payments.domain.events import (
     TransactionCashConfirmed,
     TransactionOpened,
     TransactionPaymentAttempted,
+    TransactionPaymentToReturn,
     TransactionPrepaymentCaptured,
     TransactionRefunded,
     TransactionRefundsFrozen,
@@ -145,6 +146,7 @@ class Transaction(Aggregate):
         self.merchant_compensation: MerchantCompensationGranted | None = None
         self.merchant_fault: MerchantFaultRecorded | None = None
         self.open_disputes: set[str] = set()
+        self.payments_to_return: list[TransactionPaymentToReturn] = []
 
     # --- queries ------------------------------------------------------------------------
 
@@ -383,6 +385,17 @@ class Transaction(Aggregate):
                                                seconds_before_service_start=seconds_before_service_start, at=at))
         return plan
 
+    def record_payment_to_return(self, tender: Tender, reason: str, at: datetime) -> None:
+        """Record money that arrived but cannot be taken, so that it is returned (any state but
+        before opening). The same payment reported again changes nothing."""
+        if self.status is None:
+            raise RuleViolation("order_id", f"transaction {self.id} is not open")
+        self._require_currency("tender.amount", tender.amount)
+        if any(p.tender.reference == tender.reference for p in self.payments_to_return):
+            return
+        self._record(TransactionPaymentToReturn(order_id=self.id, bill_id=self.bill_id or self.prepayment_bill_id,
+                                                tender=tender, reason=reason, at=at))
+
     def freeze_refunds(self, dispute_id: str, at: datetime) -> None:
         """A dispute was opened on the payment: refunds wait until it closes. Repeating it changes nothing."""
         self._check("freeze_refunds")
@@ -446,5 +459,7 @@ class Transaction(Aggregate):
                 self.open_disputes.add(event.dispute_id)
             case TransactionRefundsUnfrozen():
                 self.open_disputes.discard(event.dispute_id)
+            case TransactionPaymentToReturn():
+                self.payments_to_return.append(event)
             case _:
                 raise TypeError(f"Transaction cannot apply {type(event).__name__}")

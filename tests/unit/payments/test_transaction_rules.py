@@ -453,3 +453,22 @@ def test_settled_collects_with_the_right_kind() -> None:
     tx = prepaid_and_billed(150000)
     tx.settle(method=TenderKind.THIRD_PARTY, reference="pi_2", at=SERVICE_END)
     assert tx.pending[-1].collection == card(30000, "pi_2")
+
+
+def test_money_that_cannot_be_taken_is_recorded_to_return_once() -> None:
+    from datetime import UTC, datetime
+
+    from libs.domain.money import Money
+    from services.payments.domain.events import Tender, TenderKind
+    from services.payments.domain.transaction import Transaction
+
+    at = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+    tx = Transaction.open("o-late", customer_id="c1", placed_at=at, estimated_total=Money(amount=60000, currency="TWD"),
+                          policy_version="tw-2025.1", at=at)
+    card = Tender(kind=TenderKind.THIRD_PARTY, amount=Money(amount=60000, currency="TWD"), reference="pi_late")
+    tx.record_payment_to_return(card, "the transaction is voided", at)
+    tx.record_payment_to_return(card, "the transaction is voided", at)  # Stripe reports a payment twice
+    assert [p.tender for p in tx.payments_to_return] == [card]
+    assert [e.event_type for e in tx.pending] == ["TransactionOpened", "TransactionPaymentToReturn"]
+    rebuilt = Transaction.rehydrate("o-late", tx.pending)
+    assert [p.reason for p in rebuilt.payments_to_return] == ["the transaction is voided"]
