@@ -40,6 +40,10 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validato
 from libs.domain.events import DomainEvent
 from libs.domain.money import Money
 
+# Who is at fault for a cancellation (seed 五): the orders service decides it and records it in
+# OrderCancelled; payments applies it. One enum, so the two services cannot drift apart.
+from services.orders.domain.events import FaultParty
+
 TOPIC = "payments.events"
 STREAM_CATEGORY = "transaction"
 
@@ -208,14 +212,6 @@ TRANSACTION_LABELS_ZH: dict[TransactionStatus, str] = {
     TransactionStatus.REFUNDED: "已退款",
     TransactionStatus.VOIDED: "已作廢",
 }
-
-
-class FaultParty(StrEnum):
-    """Who is at fault for a cancellation (seed 五); the same values as the orders service's FaultParty."""
-
-    CUSTOMER = "customer"
-    MERCHANT = "merchant"
-    PLATFORM = "platform"
 
 
 class Rate(Value):
