@@ -30,3 +30,20 @@ def test_asyncapi_lists_every_topic_and_event_type() -> None:
     for cls in [c for c in registry.all() if c.__module__.startswith(("services.", "libs."))]:
         assert cls.topic in addresses
         assert f"{cls.topic}:{cls.event_type}" in doc["channels"]
+
+
+def test_no_two_different_models_share_a_schema_name() -> None:
+    """AsyncAPI keeps one component per name: two different models with the same name would make
+    the document depend on import order (and describe one of them wrongly)."""
+    import json
+
+    from libs.domain.events import registry
+
+    seen: dict[str, tuple[str, str]] = {}
+    for cls in [c for c in registry.all() if c.__module__.startswith(("services.", "libs."))]:
+        for name, definition in cls.model_json_schema().get("$defs", {}).items():
+            text = json.dumps(definition, sort_keys=True)
+            if name in seen:
+                assert seen[name][0] == text, f"{name} differs between {seen[name][1]} and {cls.__name__}"
+            else:
+                seen[name] = (text, cls.__name__)
