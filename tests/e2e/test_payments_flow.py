@@ -134,3 +134,46 @@ async def test_a_charge_for_a_cancelled_order_is_recorded_to_be_returned(client:
     await send(client, stack, charge_succeeded(order_id, amount=placed["estimated_total"]["amount"]))
     assert (await stream_types(stack.pg_dsn, f"transaction-{order_id}"))[-1] == "TransactionPaymentToReturn"
     assert (await client.order(order_id))["status"] == "cancelled"  # the order stays cancelled
+
+
+async def test_a_platform_cancellation_close_to_the_start_refunds_all_and_issues_a_compensation_voucher(
+        client: PlatformClient, stack: Any) -> None:
+    customer = f"c-{uuid.uuid4().hex[:8]}"
+    # A slot about 20 h ahead: a merchant/platform-fault cancellation within 24 h earns late_cancellation.
+    from datetime import datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    tz = ZoneInfo("Asia/Taipei")
+    start = (datetime.now(tz) + timedelta(hours=20)).replace(minute=0, second=0, microsecond=0)
+    if start.hour >= 23:
+        start = start.replace(hour=22)
+    body = {**order_body(customer, f"s-{uuid.uuid4().hex[:8]}"),
+            "slot": {"start": start.isoformat(), "end": (start + timedelta(hours=1)).isoformat()}}
+    await client.command(f"/customers/{customer}/credit-score", {"score": 300, "source": "t"}, actor="b",
+                         role="service", method="PUT", wait=False)  # low score: prepayment required
+    placed = await client.command("/orders", body, actor=customer, role="customer")
+    order_id = placed["order_id"]
+    await send(client, stack, charge_succeeded(order_id, amount=placed["estimated_total"]["amount"]))
+    await client.wait_for_status(order_id, "awaiting_confirmation", timeout=20)
+    await client.command(f"/orders/{order_id}/cancel", {"cancelled_by": "platform", "fault_party": "platform",
+                                                        "reason_code": "no_merchant_available"},
+                         actor="ops", role="platform")
+    deadline = time.monotonic() + 15
+    while "TransactionRefunded" not in (types := await stream_types(stack.pg_dsn, f"transaction-{order_id}")):
+        assert time.monotonic() < deadline, types
+        await asyncio_sleep(0.05)
+    conn = await asyncpg.connect(stack.pg_dsn)
+    try:
+        plan = json.loads(await conn.fetchval(
+            "SELECT data FROM events WHERE stream_id = $1 AND event_type = 'TransactionRefunded'",
+            f"transaction-{order_id}"))["plan"]
+        vouchers = await conn.fetch("SELECT stream_id, event_type, data FROM events WHERE stream_id LIKE $1",
+                                    f"voucher-comp-{order_id}-%")
+    finally:
+        await conn.close()
+    assert plan["penalty"]["amount"] == 0 and plan["refunded"] == placed["estimated_total"]  # all back
+    rules = {c["rule"] for c in plan["compensation_vouchers"]}
+    assert {"no_merchant_available", "late_cancellation"} <= rules
+    assert sorted(json.loads(v["data"])["compensation"]["rule"] for v in vouchers) == sorted(
+        c["rule"] for c in plan["compensation_vouchers"])
+    assert all(v["event_type"] == "VoucherIssued" for v in vouchers)

@@ -24,6 +24,7 @@ from services.payments.domain import events as ev
 from services.payments.domain.policy import CancellationPolicy, policy_by_version, policy_in_force
 from services.payments.domain.transaction import Transaction
 from services.payments.domain.upstream_events import UpstreamChargeSucceeded, UpstreamFact, UpstreamPaymentFailed
+from services.payments.domain.voucher import CompensationGrant, Voucher, VoucherKind, VoucherTerms
 
 log = logging.getLogger("closeloop.payments")
 
@@ -92,9 +93,22 @@ class PaymentsService:
                            seconds_before_service_start=event.seconds_before_service_start,
                            policy=policy_by_version(self.policies, txn.policy_version), at=at,
                            merchant_id=await self._merchant_of(uow.conn, event.order_id))
+                self._issue_compensation_vouchers(uow, txn, at)
                 await self._publish_contract(uow, txn)
             case _:
                 pass
+
+    def _issue_compensation_vouchers(self, uow: UnitOfWork, txn: Transaction, at: datetime) -> None:
+        """Seed 五: the compensation vouchers a cancellation granted become real vouchers of the customer
+        (id `comp-<order>-<n>`, so a redelivered cancellation cannot issue them twice)."""
+        for grant in (e for e in txn.pending if isinstance(e, ev.CompensationVoucherGranted)):
+            terms = VoucherTerms(kind=VoucherKind.AMOUNT, currency=grant.amount.currency, amount_off=grant.amount,
+                                 combinable_with_balance=True, valid_from=at, expires_at=grant.expires_at)
+            uow.add(Voucher.issue(
+                f"comp-{txn.id}-{grant.grant_no}", customer_id=grant.customer_id, category="compensation",
+                terms=terms, issued_by="payments", at=at,
+                compensation=CompensationGrant(rule=grant.rule.value, order_id=txn.id,
+                                               replaces_voucher_id=grant.replaces)))
 
     # --- upstream facts --------------------------------------------------------------------
     async def on_upstream_fact(self, uow: UnitOfWork, fact: UpstreamFact, fact_event_id: Any) -> str:
