@@ -60,7 +60,7 @@ class PlatformClient:
             raise ApiError(r.status_code, r.json())
         return r.json()
 
-    async def wait_for_status(self, order_id: str, status: str, timeout: float = 15) -> dict[str, Any]:
+    async def wait_for_status(self, order_id: str, status: str, timeout: float = 30) -> dict[str, Any]:
         """Poll the read model (bounded) until the order reaches `status`."""
         deadline = time.monotonic() + timeout
         last: Any = None

@@ -142,7 +142,7 @@ async def _customer_cancels_30_hours_before(client: PlatformClient, stripe: Stri
             "read_model": final}
 
 
-async def _refund_plan(postgres_url: str, order_id: str, timeout: float = 15) -> dict[str, Any]:
+async def _refund_plan(postgres_url: str, order_id: str, timeout: float = 30) -> dict[str, Any]:
     """The cancellation plan the payments service recorded (read from the event store)."""
     import asyncio
     import json

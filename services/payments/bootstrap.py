@@ -29,9 +29,11 @@ from libs.runtime import serve, setup_logging
 from libs.settings import ServiceSettings
 from services.payments.application.service import PaymentsService, reaction_context
 from services.payments.application.upstream import UpstreamIngestor
+from services.payments.application.wallets import WalletsService
 from services.payments.domain.policy import parse_policies
 from services.payments.domain.upstream import MalformedEvent
 from services.payments.domain.upstream_events import ReceivedVia
+from services.payments.domain.wallet import parse_wallet_policy
 from services.registry import ORDERS_EVENTS, PAYMENTS_UPSTREAM, TOPICS
 
 log = logging.getLogger("closeloop.payments")
@@ -48,6 +50,7 @@ class PaymentsSettings(ServiceSettings):
     stripe_webhook_tolerance_s: int = Field(default=300, ge=1, le=3600)
     webhook_max_body_bytes: int = Field(default=1_000_000, ge=1024)
     cancellation_policy_path: Path = CONFIG_DIR / "cancellation_policy.toml"
+    wallet_policy_path: Path = CONFIG_DIR / "wallet_policy.toml"
 
     @field_validator("stripe_webhook_secrets")
     @classmethod
@@ -77,6 +80,7 @@ class PaymentsContainer:
     consumer: EnvelopeBatchConsumer
     reactions: Reactions
     stats: dict[str, int]
+    wallets: WalletsService
 
 
 def build_broker(settings: PaymentsSettings, ingestor: UpstreamIngestor, stats: dict[str, int],
@@ -125,6 +129,9 @@ async def start(settings: PaymentsSettings) -> PaymentsContainer:
     async with store.pool.acquire() as conn:
         await migrate(conn, {"payments": MIGRATIONS})
     service = PaymentsService(store, parse_policies(settings.cancellation_policy_path.read_text()), utcnow)
+    wallets = WalletsService(store, parse_wallet_policy(settings.wallet_policy_path.read_text()), utcnow,
+                             service.publish_contract)
+    service.return_refunds = wallets.return_refunds
 
     async def on_fact(conn: Any, fact: Any, fact_id: Any) -> str:
         ctx = reaction_context(correlation_id=fact.provider_event_id, causation_id=str(fact_id))
@@ -144,7 +151,7 @@ async def start(settings: PaymentsSettings) -> PaymentsContainer:
     stats = {"stored": 0, "duplicates": 0, "malformed": 0}
     broker = build_broker(settings, ingestor, stats, consumer)
     await broker.start()
-    return PaymentsContainer(settings, store, broker, ingestor, service, consumer, reactions, stats)
+    return PaymentsContainer(settings, store, broker, ingestor, service, consumer, reactions, stats, wallets)
 
 
 async def main() -> None:

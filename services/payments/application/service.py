@@ -6,7 +6,7 @@ service consumes (application/contract.py)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
@@ -48,9 +48,11 @@ class PaymentsService:
     policies: list[CancellationPolicy]
     clock: Callable[[], datetime]
     rejected: int = 0
+    # Returns the member-balance lines of a cancellation to the wallet (set by the bootstrap).
+    return_refunds: Callable[[UnitOfWork, Transaction, ev.CancellationPlan, datetime], Awaitable[None]] | None = None
 
     # --- helpers --------------------------------------------------------------------------
-    async def _publish_contract(self, uow: UnitOfWork, txn: Transaction) -> None:
+    async def publish_contract(self, uow: UnitOfWork, txn: Transaction) -> None:
         derived = contract_events(txn.pending, txn.settlement)
         if derived:
             contract = await uow.load(PaymentContract, txn.id)
@@ -85,16 +87,18 @@ class PaymentsService:
                 # a shortfall waits for the customer's or merchant's collection.
                 if txn.preview_settlement().shortfall.amount == 0:
                     txn.settle(at=at)
-                await self._publish_contract(uow, txn)
+                await self.publish_contract(uow, txn)
             case orders_ev.OrderCancelled():
                 txn = await uow.get(Transaction, event.order_id)
                 assert txn.policy_version is not None
-                txn.cancel(fault_party=event.fault_party.value, reason_code=event.reason_code,
-                           seconds_before_service_start=event.seconds_before_service_start,
-                           policy=policy_by_version(self.policies, txn.policy_version), at=at,
-                           merchant_id=await self._merchant_of(uow.conn, event.order_id))
+                plan = txn.cancel(fault_party=event.fault_party.value, reason_code=event.reason_code,
+                                  seconds_before_service_start=event.seconds_before_service_start,
+                                  policy=policy_by_version(self.policies, txn.policy_version), at=at,
+                                  merchant_id=await self._merchant_of(uow.conn, event.order_id))
+                if self.return_refunds is not None:
+                    await self.return_refunds(uow, txn, plan, at)
                 self._issue_compensation_vouchers(uow, txn, at)
-                await self._publish_contract(uow, txn)
+                await self.publish_contract(uow, txn)
             case _:
                 pass
 
@@ -134,7 +138,7 @@ class PaymentsService:
             await self._park(uow, fact_event_id, order_id, "transaction not opened yet")
             return "parked: transaction not opened yet"
         outcome = self._apply_fact(txn, fact)
-        await self._publish_contract(uow, txn)
+        await self.publish_contract(uow, txn)
         return outcome
 
     def _apply_fact(self, txn: Transaction, fact: UpstreamFact) -> str:
@@ -193,7 +197,7 @@ class PaymentsService:
                     self._apply_fact(txn, fact)
                 except DomainError as exc:
                     log.warning("parked fact for order %s refused: %s", order_id, exc)
-        await self._publish_contract(uow, txn)
+        await self.publish_contract(uow, txn)
 
 
 def reaction_context(correlation_id: str, causation_id: str) -> CommandContext:

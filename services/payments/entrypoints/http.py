@@ -9,10 +9,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from libs.http.errors import error_body, install_error_handlers
+from libs.http.health import install_health
 from libs.observability import install_metrics
 from services.payments.domain.signature import HEADER, SignatureError, verify
 from services.payments.domain.upstream import MalformedEvent
 from services.payments.domain.upstream_events import ReceivedVia
+from services.payments.entrypoints.kolable_http import router as kolable_router
+from services.payments.entrypoints.wallet_http import router as wallet_router
 
 WEBHOOK_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "stored (or recognised as a duplicate of an event already stored)"},
@@ -30,20 +33,11 @@ def create_app(payments: Any | None) -> FastAPI:
     install_error_handlers(app)
     install_metrics(app)
 
-    @app.get("/healthz", tags=["ops"])
-    async def healthz() -> dict[str, str]:
-        """Liveness: the process answers."""
-        return {"status": "ok"}
+    async def ready_details() -> dict[str, Any]:
+        return {"upstream": app.state.payments.stats}
 
-    @app.get("/readyz", tags=["ops"])
-    async def readyz(request: Request) -> JSONResponse:
-        """Readiness: the database answers; upstream ingestion counters."""
-        c = request.app.state.payments
-        try:
-            await c.store.pool.fetchval("SELECT 1")
-        except Exception as exc:
-            return JSONResponse(error_body("not_ready", f"database: {exc}"), status_code=503)
-        return JSONResponse({"status": "ready", "upstream": c.stats})
+    install_health(app, lambda: app.state.payments.store.pool, ready_details,
+                   readiness="upstream ingestion counters.")
 
     @app.post("/webhooks/stripe", tags=["upstream"], responses=WEBHOOK_RESPONSES)
     async def stripe_webhook(request: Request) -> JSONResponse:
@@ -73,4 +67,6 @@ def create_app(payments: Any | None) -> FastAPI:
         c.stats["duplicates" if outcome.duplicate else "stored"] += 1
         return JSONResponse(outcome.as_response())
 
+    app.include_router(kolable_router)
+    app.include_router(wallet_router)
     return app
