@@ -16,15 +16,10 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from libs.domain.events import DomainEvent
 from libs.domain.money import Money
+from libs.domain.types import Code, Id, Name, Text
 
 TOPIC = "orders.events"
 
-Id = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$",
-                          description="an identifier: 1-64 of A-Z a-z 0-9 _ . : -")]
-Code = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_.-]*$",
-                            description="a lower-case machine code, e.g. 'dishwashing' or 'payment_timeout'")]
-Text = Annotated[str, Field(max_length=500)]
-Name = Annotated[str, Field(min_length=1, max_length=200)]
 
 
 class Value(BaseModel):

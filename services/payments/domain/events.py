@@ -39,6 +39,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validato
 
 from libs.domain.events import DomainEvent
 from libs.domain.money import Money
+from libs.domain.types import Code, Id, Reference, Text, Version
 
 # Who is at fault for a cancellation (seed 五): the orders service decides it and records it in
 # OrderCancelled; payments applies it. One enum, so the two services cannot drift apart.
@@ -47,8 +48,6 @@ from services.orders.domain.events import FaultParty
 TOPIC = "payments.events"
 STREAM_CATEGORY = "transaction"
 
-Id = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
-Reference = Annotated[str, Field(min_length=1, max_length=128)]
 
 
 def transaction_stream_id(order_id: str) -> str:
@@ -174,10 +173,6 @@ class BillSettled(TransactionEvent):
 
 # === The Transaction aggregate's events and the value objects they carry =====================
 
-Code = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_.-]*$",
-                            description="a lower-case machine code, e.g. 'no_merchant_available'")]
-Text = Annotated[str, Field(max_length=500)]
-Version = Annotated[str, Field(min_length=1, max_length=64)]
 
 
 class Value(BaseModel):

@@ -37,6 +37,7 @@ from libs.domain.aggregate import Aggregate, StateMachine
 from libs.domain.errors import Conflict, NotFound, RuleViolation
 from libs.domain.events import DomainEvent
 from libs.domain.money import Currency, Money
+from libs.domain.types import Code, Text
 from services.payments.domain.events import TOPIC, Id
 
 __all__ = [
@@ -70,9 +71,6 @@ __all__ = [
 STREAM_CATEGORY = "voucher"
 BASIS_POINTS = 10_000  # 100 %: discounts are integer basis points, 1500 = 15 % off (85折)
 
-Code = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_.-]*$",
-                            description="a lower-case machine code, e.g. 'dishwashing'")]
-Text = Annotated[str, Field(max_length=500)]
 Reason = Annotated[str, Field(min_length=1, max_length=500)]
 
 

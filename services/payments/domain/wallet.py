@@ -30,6 +30,7 @@ from libs.domain.aggregate import Aggregate
 from libs.domain.errors import Conflict, NotFound, RuleViolation
 from libs.domain.events import DomainEvent
 from libs.domain.money import CURRENCY_EXPONENTS, Currency, Money
+from libs.domain.types import Code
 from services.payments.domain.events import TOPIC, Id, Reference
 from services.payments.domain.voucher import BindingPreference
 
@@ -51,7 +52,6 @@ __all__ = [
 
 STREAM_CATEGORY = "wallet"
 
-Code = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_.-]*$")]
 
 
 class Value(BaseModel):
