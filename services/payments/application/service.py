@@ -66,6 +66,7 @@ class PaymentsService:
         at = self.clock()
         match event:
             case orders_ev.OrderPlaced():
+                await _lock_order(uow.conn, event.order_id)
                 txn = await uow.load(Transaction, event.order_id)
                 if txn.exists:
                     return
@@ -133,6 +134,7 @@ class PaymentsService:
             if order_id is None:
                 await self._park(uow, fact_event_id, ids[0] if ids else "unknown", "order not known yet")
                 return "parked: order not known yet"
+        await _lock_order(uow.conn, order_id)
         txn = await uow.load(Transaction, order_id)
         if not txn.exists:
             await self._park(uow, fact_event_id, order_id, "transaction not opened yet")
@@ -198,6 +200,13 @@ class PaymentsService:
                 except DomainError as exc:
                     log.warning("parked fact for order %s refused: %s", order_id, exc)
         await self.publish_contract(uow, txn)
+
+
+async def _lock_order(conn: asyncpg.Connection, order_id: str) -> None:
+    """Serialise, per order, opening its transaction and applying upstream facts to it. Without it a
+    fact could be parked by one transaction while another, opening the order's transaction, looks
+    for parked facts before the first commits: the fact would stay parked for ever."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"payments-order:{order_id}")
 
 
 def reaction_context(correlation_id: str, causation_id: str) -> CommandContext:
