@@ -9,7 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import asyncpg
 
@@ -23,10 +23,24 @@ from services.payments.application.contract import CONTRACT_CATEGORY, contract_e
 from services.payments.domain import events as ev
 from services.payments.domain.policy import CancellationPolicy, policy_by_version, policy_in_force
 from services.payments.domain.transaction import Transaction
-from services.payments.domain.upstream_events import UpstreamChargeSucceeded, UpstreamFact, UpstreamPaymentFailed
+from services.payments.domain.upstream_events import (
+    UpstreamChargeSucceeded,
+    UpstreamDisputeFact,
+    UpstreamFact,
+    UpstreamPaymentFailed,
+)
 from services.payments.domain.voucher import CompensationGrant, Voucher, VoucherKind, VoucherTerms
 
 log = logging.getLogger("closeloop.payments")
+
+
+class KolableFacts(Protocol):
+    """What the upstream routing needs of the Kolable reconciliation."""
+
+    async def owns(self, conn: asyncpg.Connection, order_id: str, fact: UpstreamFact) -> bool: ...
+
+    async def on_upstream_fact(self, uow: UnitOfWork, fact: UpstreamFact, order_id: str,
+                               fact_event_id: Any) -> str: ...
 
 
 class PaymentContract(Aggregate):
@@ -50,6 +64,10 @@ class PaymentsService:
     rejected: int = 0
     # Returns the member-balance lines of a cancellation to the wallet (set by the bootstrap).
     return_refunds: Callable[[UnitOfWork, Transaction, ev.CancellationPlan, datetime], Awaitable[None]] | None = None
+    # Dispute facts: (uow, fact, order id or None) -> outcome. Set by the bootstrap.
+    on_dispute: Callable[[UnitOfWork, UpstreamDisputeFact, str | None], Awaitable[str]] | None = None
+    # The Kolable course reconciliation (application/kolable.py), fed with its orders' facts.
+    kolable: KolableFacts | None = None
 
     # --- helpers --------------------------------------------------------------------------
     async def publish_contract(self, uow: UnitOfWork, txn: Transaction) -> None:
@@ -117,24 +135,58 @@ class PaymentsService:
 
     # --- upstream facts --------------------------------------------------------------------
     async def on_upstream_fact(self, uow: UnitOfWork, fact: UpstreamFact, fact_event_id: Any) -> str:
-        """Apply a stored upstream fact to its order's transaction; park it if the order or
-        its transaction is not known yet. Returns what happened (for logs and tests)."""
-        if fact.data_gap:
-            return f"data gap: {fact.data_gap}"
+        """Apply a stored upstream fact; park it while its order cannot be found. Returns what
+        happened (for logs and tests).
+
+        Routing, once the order is known (named by `metadata.order_id`, or found through the
+        charge / PaymentIntent index that earlier facts filled):
+        - every dispute fact goes to the dispute handler (the Dispute aggregate; it freezes the
+          order's refunds) -- also while the order is unknown, with `order_id` None;
+        - a fact of a Kolable course order (its metadata names a `course_id`, or the order is
+          already known to the Kolable reconciliation) goes to the Kolable reconciliation;
+        - any other fact applies to the order's Transaction.
+        A fact that taught the index a new charge or PaymentIntent id releases the facts that were
+        parked waiting for it (a refund or dispute delivered before its charge), which then run
+        through this same routing. Every handler is idempotent: a parked fact may be seen twice.
+        """
         refs = fact.order_ref.index_entries()
+        learned: list[str] = []
         if refs:
-            await uow.conn.executemany(
-                "INSERT INTO payments_upstream_refs (provider_payment_id, order_id) VALUES ($1, $2)"
-                " ON CONFLICT (provider_payment_id) DO NOTHING", list(refs.items()))
+            rows = await uow.conn.fetch(
+                """INSERT INTO payments_upstream_refs (provider_payment_id, order_id)
+                   SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT (provider_payment_id) DO NOTHING
+                   RETURNING provider_payment_id""", list(refs), list(refs.values()))
+            learned = [r["provider_payment_id"] for r in rows]
         order_id = fact.order_ref.order_id
         if order_id is None:
             ids = [i for i in (fact.order_ref.charge_id, fact.order_ref.payment_intent_id) if i]
-            order_id = await uow.conn.fetchval(
-                "SELECT order_id FROM payments_upstream_refs WHERE provider_payment_id = ANY($1) LIMIT 1", ids)
-            if order_id is None:
-                await self._park(uow, fact_event_id, ids[0] if ids else "unknown", "order not known yet")
-                return "parked: order not known yet"
-        await _lock_order(uow.conn, order_id)
+            if ids:
+                order_id = await uow.conn.fetchval(
+                    "SELECT order_id FROM payments_upstream_refs WHERE provider_payment_id = ANY($1) LIMIT 1", ids)
+        if order_id is not None:
+            await _lock_order(uow.conn, order_id)
+        outcomes: list[str] = []
+        if isinstance(fact, UpstreamDisputeFact) and self.on_dispute is not None:
+            outcomes.append(await self.on_dispute(uow, fact, order_id))
+        if order_id is None:
+            if fact.order_ref.is_empty:
+                outcomes.append(f"data gap: {fact.data_gap}")
+            else:
+                ids = [i for i in (fact.order_ref.charge_id, fact.order_ref.payment_intent_id) if i]
+                await self._park(uow, fact_event_id, ids[0], "order not known yet")
+                outcomes.append("parked: order not known yet")
+        elif self.kolable is not None and await self.kolable.owns(uow.conn, order_id, fact):
+            outcomes.append(await self.kolable.on_upstream_fact(uow, fact, order_id, fact_event_id))
+        elif not isinstance(fact, UpstreamDisputeFact):
+            outcomes.append(await self._on_transaction_fact(uow, fact, order_id, fact_event_id))
+        if learned:
+            await self._release_parked(uow, learned)
+        return "; ".join(outcomes) or "recorded"
+
+    async def _on_transaction_fact(self, uow: UnitOfWork, fact: UpstreamFact, order_id: str,
+                                   fact_event_id: Any) -> str:
+        if fact.data_gap:
+            return f"data gap: {fact.data_gap}"
         txn = await uow.load(Transaction, order_id)
         if not txn.exists:
             await self._park(uow, fact_event_id, order_id, "transaction not opened yet")
@@ -181,25 +233,30 @@ class PaymentsService:
             " ON CONFLICT DO NOTHING", fact_event_id, key, reason)
 
     async def _apply_parked(self, uow: UnitOfWork, order_id: str) -> None:
+        """The order's transaction was just opened: run the facts that waited for it."""
         keys = [order_id, *[r["provider_payment_id"] for r in await uow.conn.fetch(
             "SELECT provider_payment_id FROM payments_upstream_refs WHERE order_id = $1", order_id)]]
+        await self._release_parked(uow, keys)
+
+    async def _release_parked(self, uow: UnitOfWork, keys: list[str]) -> None:
+        """Run again, in stored order, the parked facts waiting for one of `keys`. A fact the
+        rules refuse is logged and stays stored (the savepoint keeps the rest of the batch)."""
         rows = await uow.conn.fetch(
-            """DELETE FROM payments_parked_facts WHERE order_key = ANY($1)
-               RETURNING fact_event_id""", keys)
+            "DELETE FROM payments_parked_facts WHERE order_key = ANY($1) RETURNING fact_event_id", keys)
         if not rows:
             return
         stored = await uow.conn.fetch(
-            "SELECT event_type, schema_version, data FROM events WHERE event_id = ANY($1) ORDER BY global_position",
-            [r["fact_event_id"] for r in rows])
-        txn = await uow.load(Transaction, order_id)
+            "SELECT event_id, event_type, schema_version, data FROM events WHERE event_id = ANY($1)"
+            " ORDER BY global_position", [r["fact_event_id"] for r in rows])
         for row in stored:
             fact = registry.decode(row["event_type"], row["schema_version"], row["data"])
-            if isinstance(fact, UpstreamFact):
-                try:
-                    self._apply_fact(txn, fact)
-                except DomainError as exc:
-                    log.warning("parked fact for order %s refused: %s", order_id, exc)
-        await self.publish_contract(uow, txn)
+            if not isinstance(fact, UpstreamFact):
+                continue
+            try:
+                async with uow.conn.transaction():
+                    await self.on_upstream_fact(uow, fact, row["event_id"])
+            except DomainError as exc:
+                log.warning("parked fact %s refused: %s", fact.provider_event_id, exc)
 
 
 async def _lock_order(conn: asyncpg.Connection, order_id: str) -> None:
