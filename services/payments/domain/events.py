@@ -579,6 +579,64 @@ class TransactionRefundsUnfrozen(TransactionStreamEvent):
     at: AwareDatetime
 
 
+class RefundSource(StrEnum):
+    """What owes a refund: a cancellation (its plan's refunds) or a settlement (the excess prepaid)."""
+
+    CANCELLATION = "cancellation"
+    SETTLEMENT = "settlement"
+
+
+class TransactionRefundsHeld(TransactionStreamEvent):
+    """A cancellation or settlement owes these refunds while a dispute on the order's payment is open:
+    they are decided (by the policy in force at placement) but wait, and run when no dispute is open
+    (TransactionHeldRefundsReleased). Also recorded, and released at once, when a lost dispute's
+    chargeback has to be set against them first."""
+
+    source: RefundSource
+    refunds: Annotated[list[Refund], Field(min_length=1)]
+    amount: Money = Field(description="the sum of `refunds`")
+    dispute_ids: Annotated[list[Id], Field(min_length=1, description="the disputes they wait for")]
+    at: AwareDatetime
+
+    @model_validator(mode="after")
+    def _sum(self) -> TransactionRefundsHeld:
+        if self.amount != _sum((r.amount for r in self.refunds), self.amount.currency):
+            raise ValueError("amount must be the sum of the refunds")
+        return self
+
+
+class TransactionChargedBack(TransactionStreamEvent):
+    """A dispute on one of the order's payments was lost: the card issuer returned `amount` of it to the
+    customer (and the provider took it from us). Refunds still owed for that money are reduced by it,
+    so the customer is never paid back twice."""
+
+    dispute_id: Id
+    reference: Reference = Field(description="the tender (payment) the chargeback took back")
+    amount: Money
+    at: AwareDatetime
+
+
+class TransactionHeldRefundsReleased(TransactionStreamEvent):
+    """No dispute is open any more: held refunds run. `refunds` are the lines that run now; the parts a
+    lost dispute's chargeback already returned to the customer are `returned_by_chargeback`."""
+
+    source: RefundSource
+    held: Money = Field(description="what was held")
+    refunds: list[Refund]
+    refunded: Money = Field(description="the sum of `refunds`")
+    returned_by_chargeback: list[Refund]
+    at: AwareDatetime
+
+    @model_validator(mode="after")
+    def _conserved(self) -> TransactionHeldRefundsReleased:
+        c = self.held.currency
+        if self.refunded != _sum((r.amount for r in self.refunds), c):
+            raise ValueError("refunded must be the sum of the refunds")
+        if self.held != self.refunded + _sum((r.amount for r in self.returned_by_chargeback), c):
+            raise ValueError("held must equal refunded + returned_by_chargeback")
+        return self
+
+
 class TransactionPaymentToReturn(TransactionStreamEvent):
     """Money arrived that the transaction cannot take (the order was cancelled or voided first, the
     payment deadline had passed, or the bill was already settled): it is owed back to the customer

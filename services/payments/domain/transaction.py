@@ -17,10 +17,17 @@ so a second settlement is refused there too. Taking any payment for a settled or
 order is refused with InvalidTransition naming the state (seed 三.5, 四).
 
 Money rules are the pure functions of settlement.py; the cancellation policy is the
-version in force when the order was placed, named in TransactionOpened. Refunds are frozen
-while a dispute on the order's payment is open (`freeze_refunds` / `unfreeze_refunds`): a
-settlement or cancellation that would refund money is then refused with Conflict and can
-be retried once the dispute closes.
+version in force when the order was placed, named in TransactionOpened.
+
+Disputes. Refunds are frozen while a dispute on the order's payment is open
+(`freeze_refunds` / `unfreeze_refunds`). A cancellation or settlement during a dispute is
+still applied (the order's state, penalty and plan are facts of that moment: the order was
+cancelled, the bill was settled) but the refunds it owes are held (TransactionRefundsHeld)
+instead of refused; they run when the last open dispute closes
+(TransactionHeldRefundsReleased). A lost dispute (`record_chargeback`) means the card issuer
+already returned the disputed money to the customer, so it is set against the card refunds
+still owed: the customer is never paid back twice. Refusing instead would lose the
+cancellation: the consumer of orders.events skips an event the domain refuses.
 """
 
 from __future__ import annotations
@@ -42,18 +49,23 @@ from services.payments.domain.events import (
     FaultParty,
     MerchantCompensationGranted,
     MerchantFaultRecorded,
+    Refund,
+    RefundSource,
     SettlementPlan,
     Tender,
     TenderKind,
     TransactionAttemptAbandoned,
     TransactionBilled,
     TransactionCashConfirmed,
+    TransactionChargedBack,
+    TransactionHeldRefundsReleased,
     TransactionOpened,
     TransactionPaymentAttempted,
     TransactionPaymentToReturn,
     TransactionPrepaymentCaptured,
     TransactionRefunded,
     TransactionRefundsFrozen,
+    TransactionRefundsHeld,
     TransactionRefundsUnfrozen,
     TransactionSettled,
     TransactionStatus,
@@ -80,9 +92,10 @@ LABELS_ZH: dict[TransactionStatus, str] = TRANSACTION_LABELS_ZH
 
 S = TransactionStatus
 
-# A dispute can only concern money that was captured, so freezing is offered wherever a
-# payment may exist; it changes no state.
-_DISPUTES: dict[str, StrEnum | None] = {"freeze_refunds": None, "unfreeze_refunds": None}
+# A dispute can only concern money that was captured, so freezing (and recording a lost
+# dispute's chargeback) is offered wherever a payment may exist; it changes no state.
+_DISPUTES: dict[str, StrEnum | None] = {"freeze_refunds": None, "unfreeze_refunds": None,
+                                        "record_chargeback": None}
 
 # command -> target state, per state; None = the state does not change. Opening is not here:
 # it creates the transaction. Typed with the base StrEnum because StateMachine takes any enum.
@@ -146,6 +159,10 @@ class Transaction(Aggregate):
         self.merchant_compensation: MerchantCompensationGranted | None = None
         self.merchant_fault: MerchantFaultRecorded | None = None
         self.open_disputes: set[str] = set()
+        self.held_refunds: list[TransactionRefundsHeld] = []  # held and not yet released
+        self.released_refunds: list[TransactionHeldRefundsReleased] = []
+        self.chargebacks: list[TransactionChargedBack] = []
+        self.chargeback_unapplied = 0  # minor units of chargebacks not yet set against refunds
         self.payments_to_return: list[TransactionPaymentToReturn] = []
 
     # --- queries ------------------------------------------------------------------------
@@ -159,6 +176,11 @@ class Transaction(Aggregate):
     def disputed(self) -> bool:
         """Whether a dispute is open: refunds are frozen."""
         return bool(self.open_disputes)
+
+    @property
+    def refunds_held(self) -> bool:
+        """Whether refunds owed by a cancellation or settlement wait for a dispute to close."""
+        return bool(self.held_refunds)
 
     @property
     def awaiting_cash_confirmation(self) -> bool:
@@ -186,11 +208,59 @@ class Transaction(Aggregate):
         if amount.currency != self.currency:
             raise RuleViolation(f"{field}.currency", f"must be {self.currency}, the order's currency")
 
-    def _refunds_allowed(self, what: str, amount: Money) -> None:
-        if amount.amount > 0 and self.disputed:
-            raise Conflict(f"transaction {self.id}: {what} would refund {amount}, but refunds are frozen while "
-                           f"dispute(s) {', '.join(sorted(self.open_disputes))} are open",
-                           open_disputes=sorted(self.open_disputes))
+    def _refunds_owed(self, source: RefundSource, refunds: Sequence[Refund], at: datetime) -> None:
+        """Record the refunds a cancellation or settlement owes when they cannot simply run: held
+        while a dispute is open; held and released at once (so the offset is recorded) when a lost
+        dispute's chargeback must be set against them first. Otherwise the plan's refunds run as
+        recorded in TransactionRefunded / TransactionSettled."""
+        if not refunds:
+            return
+        if self.disputed:
+            waiting_for = sorted(self.open_disputes)
+        elif self.chargeback_unapplied > 0:
+            waiting_for = sorted({c.dispute_id for c in self.chargebacks})
+        else:
+            return
+        self._record(TransactionRefundsHeld(
+            order_id=self.id, bill_id=self.bill_id or self.prepayment_bill_id, source=source, refunds=list(refunds),
+            amount=Money(amount=sum(r.amount.amount for r in refunds), currency=self.currency),
+            dispute_ids=waiting_for, at=at))
+        if not self.disputed:
+            self._release_held(at)
+
+    def _release_held(self, at: datetime) -> None:
+        """Run the held refunds, card refunds reduced by what lost disputes already returned.
+
+        Only third-party (card) lines are reduced: a chargeback returns card money, and the
+        refund priority (third party first, seed 五) means a cancellation refunds the card before
+        the member balance, so balance lines never need reducing. Lines of the charged-back
+        payment are reduced first."""
+        left = self.chargeback_unapplied
+        charged = {c.reference for c in self.chargebacks}
+        for hold in list(self.held_refunds):
+            cut: dict[int, int] = {}
+            order = sorted(range(len(hold.refunds)), key=lambda i: hold.refunds[i].reference not in charged)
+            for i in order:
+                line = hold.refunds[i]
+                if left > 0 and line.kind is TenderKind.THIRD_PARTY:
+                    cut[i] = min(left, line.amount.amount)
+                    left -= cut[i]
+            runs: list[Refund] = []
+            returned: list[Refund] = []
+            for i, line in enumerate(hold.refunds):
+                back = cut.get(i, 0)
+                if back:
+                    returned.append(self._part_of(line, back))
+                if line.amount.amount - back:
+                    runs.append(self._part_of(line, line.amount.amount - back))
+            self._record(TransactionHeldRefundsReleased(
+                order_id=self.id, bill_id=hold.bill_id, source=hold.source, held=hold.amount, refunds=runs,
+                refunded=Money(amount=sum(r.amount.amount for r in runs), currency=self.currency),
+                returned_by_chargeback=returned, at=at))
+
+    def _part_of(self, line: Refund, amount: int) -> Refund:
+        return Refund(kind=line.kind, amount=Money(amount=amount, currency=self.currency), reference=line.reference,
+                      tender=line.tender)
 
     # --- commands -----------------------------------------------------------------------
 
@@ -302,7 +372,6 @@ class Transaction(Aggregate):
         Paid at once, except that a cash collection waits in billed for `confirm_cash`.
         """
         plan = self.preview_settlement()
-        self._refunds_allowed("the settlement", plan.refunded)
         collection: Tender | None = None
         chosen: TenderKind | None = None
         if plan.shortfall.amount == 0:
@@ -323,6 +392,7 @@ class Transaction(Aggregate):
             collection=collection, collected=plan.shortfall, refunded=plan.refunded,
             tenders=plan.applied + ([collection] if collection else []),
             awaiting_cash_confirmation=chosen is TenderKind.CASH, at=at))
+        self._refunds_owed(RefundSource.SETTLEMENT, plan.refunds, at)
         return plan
 
     def confirm_cash(self, merchant_id: str, at: datetime) -> None:
@@ -357,7 +427,6 @@ class Transaction(Aggregate):
             fault_party=fault_party, seconds_before_service_start=seconds_before_service_start, policy=policy,
             at=at, reason_code=reason_code, dispatch_attempts=dispatch_attempts, complained=complained,
             customer_tenure_days=customer_tenure_days, lifetime_value=lifetime_value)
-        self._refunds_allowed("the cancellation", plan.refunded)
         merchant = merchant_id or self.merchant_id
         if merchant is None and (plan.merchant_fault_recorded or plan.merchant_compensation.amount):
             raise RuleViolation("merchant_id", "name the merchant: the cancellation is recorded for them")
@@ -367,6 +436,7 @@ class Transaction(Aggregate):
                                              at=at))
         else:
             self._record(TransactionVoided(order_id=self.id, bill_id=bill, plan=plan, reason_code=reason_code, at=at))
+        self._refunds_owed(RefundSource.CANCELLATION, plan.refunds, at)
         assert self.customer_id is not None
         for no, voucher in enumerate(plan.compensation_vouchers, start=1):
             self._record(CompensationVoucherGranted(
@@ -405,12 +475,36 @@ class Transaction(Aggregate):
                                               dispute_id=dispute_id, at=at))
 
     def unfreeze_refunds(self, dispute_id: str, at: datetime) -> None:
-        """The dispute closed; refunds run again once no dispute is open. Repeating it changes nothing."""
+        """The dispute closed; refunds run again once no dispute is open, and the refunds held
+        meanwhile are released (reduced by any chargeback). Repeating it changes nothing."""
         self._check("unfreeze_refunds")
         if dispute_id not in self.open_disputes:
             return
         self._record(TransactionRefundsUnfrozen(order_id=self.id, bill_id=self.bill_id or self.prepayment_bill_id,
                                                 dispute_id=dispute_id, at=at))
+        if not self.disputed and self.held_refunds:
+            self._release_held(at)
+
+    def record_chargeback(self, dispute_id: str, amount: Money, at: datetime,
+                          payment_ids: Sequence[str] = ()) -> None:
+        """A dispute was lost: the issuer returned `amount` of the payment named by `payment_ids`
+        (the dispute's PaymentIntent / charge ids) to the customer. Record it before unfreezing, so
+        that the held refunds are reduced by it. Repeating it for the same dispute changes nothing."""
+        self._check("record_chargeback")
+        self._require_currency("amount", amount)
+        if amount.amount <= 0:
+            raise RuleViolation("amount", "a chargeback is a positive amount")
+        if any(c.dispute_id == dispute_id for c in self.chargebacks):
+            return
+        cards = [t.reference for t in self.prepaid_tenders if t.kind is TenderKind.THIRD_PARTY]
+        if self.settlement is not None and self.settlement.collection is not None \
+                and self.settlement.collection.kind is TenderKind.THIRD_PARTY:
+            cards.append(self.settlement.collection.reference)
+        ids = [p for p in payment_ids if p]
+        reference = next((r for r in cards if r in ids), None) or (cards[0] if cards else None) \
+            or (ids[0] if ids else dispute_id)
+        self._record(TransactionChargedBack(order_id=self.id, bill_id=self.bill_id or self.prepayment_bill_id,
+                                            dispute_id=dispute_id, reference=reference, amount=amount, at=at))
 
     # --- evolution ----------------------------------------------------------------------
 
@@ -459,6 +553,15 @@ class Transaction(Aggregate):
                 self.open_disputes.add(event.dispute_id)
             case TransactionRefundsUnfrozen():
                 self.open_disputes.discard(event.dispute_id)
+            case TransactionRefundsHeld():
+                self.held_refunds.append(event)
+            case TransactionHeldRefundsReleased():
+                self.held_refunds = [h for h in self.held_refunds if h.source is not event.source]
+                self.released_refunds.append(event)
+                self.chargeback_unapplied -= sum(r.amount.amount for r in event.returned_by_chargeback)
+            case TransactionChargedBack():
+                self.chargebacks.append(event)
+                self.chargeback_unapplied += event.amount.amount
             case TransactionPaymentToReturn():
                 self.payments_to_return.append(event)
             case _:

@@ -21,7 +21,8 @@ def test_the_transaction_events() -> None:
         "TransactionOpened", "TransactionPaymentAttempted", "TransactionAttemptAbandoned",
         "TransactionPrepaymentCaptured", "TransactionBilled", "TransactionSettled", "TransactionCashConfirmed",
         "TransactionRefunded", "TransactionVoided", "CompensationVoucherGranted", "MerchantCompensationGranted",
-        "MerchantFaultRecorded", "TransactionRefundsFrozen", "TransactionRefundsUnfrozen", "TransactionPaymentToReturn"}
+        "MerchantFaultRecorded", "TransactionRefundsFrozen", "TransactionRefundsUnfrozen", "TransactionPaymentToReturn",
+        "TransactionRefundsHeld", "TransactionChargedBack", "TransactionHeldRefundsReleased"}
 
 
 @pytest.mark.parametrize("cls", TRANSACTION_EVENTS, ids=lambda c: c.__name__)

@@ -338,44 +338,113 @@ def test_an_expired_voucher_comes_back_extended() -> None:
 # --- disputes freeze refunds -----------------------------------------------------------------------------------
 
 
-def test_refunds_are_frozen_while_a_dispute_is_open() -> None:
+def test_a_cancellation_during_a_dispute_is_applied_and_its_refunds_wait_for_every_dispute() -> None:
     tx = transaction_in("prepaid", dispute="dp_1")
     assert tx.disputed
-    with pytest.raises(Conflict, match="frozen") as caught:
-        tx.cancel(**CANCEL_EARLY)
-    assert caught.value.details["open_disputes"] == ["dp_1"]
+    plan = tx.cancel(**CANCEL_EARLY)  # applied, not refused: the order is cancelled whatever the dispute
+    assert tx.status is S.REFUNDED and tx.refunds_held
+    refunded, held = tx.pending
+    assert isinstance(refunded, ev.TransactionRefunded) and refunded.plan == plan
+    assert isinstance(held, ev.TransactionRefundsHeld)
+    assert held.source is ev.RefundSource.CANCELLATION and held.dispute_ids == ["dp_1"]
+    assert lines(held.refunds) == lines(plan.refunds) == [("third_party", "pi_1", 60000),
+                                                          ("member_balance", "wal-1", 50000)]
+    assert held.amount == plan.refunded == twd(110000)
+    tx.mark_saved()
     tx.freeze_refunds("dp_1", SOON)  # the provider repeats itself: nothing changes
     tx.freeze_refunds("dp_2", SOON)
     tx.unfreeze_refunds("dp_1", SOON)
-    with pytest.raises(Conflict):
-        tx.cancel(**CANCEL_EARLY)  # dp_2 is still open
+    assert tx.refunds_held  # dp_2 is still open
     tx.unfreeze_refunds("dp_2", SOON)
     tx.unfreeze_refunds("dp_2", SOON)  # repeated: nothing changes
-    assert not tx.disputed
-    tx.cancel(**CANCEL_EARLY)
+    assert not tx.disputed and not tx.refunds_held
     assert [type(e) for e in tx.pending] == [ev.TransactionRefundsFrozen, ev.TransactionRefundsUnfrozen,
-                                             ev.TransactionRefundsUnfrozen, ev.TransactionRefunded]
-    assert tx.status is S.REFUNDED
+                                             ev.TransactionRefundsUnfrozen, ev.TransactionHeldRefundsReleased]
+    released = tx.pending[-1]
+    assert isinstance(released, ev.TransactionHeldRefundsReleased)
+    assert lines(released.refunds) == lines(plan.refunds) and released.returned_by_chargeback == []
+    assert released.held == released.refunded == twd(110000)
 
 
 def test_a_cancellation_that_refunds_nothing_may_run_during_a_dispute() -> None:
     tx = transaction_in("prepaid", dispute="dp_1")
     tx.cancel(fault_party="customer", seconds_before_service_start=HOUR, reason_code="changed_mind",
               policy=POLICY, at=SOON)
-    assert tx.status is S.REFUNDED
+    assert tx.status is S.REFUNDED and not tx.refunds_held
+    assert not any(isinstance(e, ev.TransactionRefundsHeld) for e in tx.pending)
 
 
-def test_a_settlement_that_refunds_excess_is_frozen_during_a_dispute() -> None:
+@pytest.mark.parametrize(("charged_back", "card_back", "card_by_chargeback"), [
+    (60000, 0, 60000),  # the whole card payment went back through the bank
+    (20000, 40000, 20000),  # a partial dispute
+])
+def test_a_lost_dispute_is_set_against_the_card_refund_so_nothing_is_paid_back_twice(
+        charged_back: int, card_back: int, card_by_chargeback: int) -> None:
+    tx = transaction_in("prepaid", dispute="dp_1")
+    tx.cancel(**CANCEL_EARLY)
+    tx.record_chargeback("dp_1", twd(charged_back), SOON, ["pi_1", "ch_1"])
+    tx.record_chargeback("dp_1", twd(charged_back), SOON, ["pi_1", "ch_1"])  # repeated: nothing changes
+    tx.unfreeze_refunds("dp_1", SOON)
+    [charged] = [e for e in tx.pending if isinstance(e, ev.TransactionChargedBack)]
+    assert charged.reference == "pi_1" and charged.amount == twd(charged_back)
+    released = tx.pending[-1]
+    assert isinstance(released, ev.TransactionHeldRefundsReleased)
+    assert lines(released.refunds) == [("third_party", "pi_1", card_back), ("member_balance", "wal-1", 50000)][
+        0 if card_back else 1:]
+    assert lines(released.returned_by_chargeback) == [("third_party", "pi_1", card_by_chargeback)]
+    assert released.held == twd(110000) and tx.chargeback_unapplied == 0
+
+
+def test_a_chargeback_above_the_card_refund_costs_the_platform_its_penalty() -> None:
+    tx = transaction_in("prepaid", dispute="dp_1")
+    plan = tx.cancel(**{**CANCEL_EARLY, "seconds_before_service_start": 30 * HOUR})  # half of TWD 1,100.00
+    assert lines(plan.refunds) == [("third_party", "pi_1", 55000)]
+    tx.record_chargeback("dp_1", twd(60000), SOON, ["pi_1"])
+    tx.unfreeze_refunds("dp_1", SOON)
+    released = tx.pending[-1]
+    assert isinstance(released, ev.TransactionHeldRefundsReleased)
+    assert released.refunds == [] and released.refunded == twd(0)
+    assert lines(released.returned_by_chargeback) == [("third_party", "pi_1", 55000)]
+    assert tx.chargeback_unapplied == 5000  # of the penalty, lost to the chargeback
+
+
+def test_a_cancellation_after_a_lost_dispute_refunds_only_what_the_chargeback_did_not_return() -> None:
+    tx = transaction_in("prepaid", dispute="dp_1")
+    tx.record_chargeback("dp_1", twd(60000), SOON, ["ch_unknown"])  # no tender named: the order's card payment
+    tx.unfreeze_refunds("dp_1", SOON)
+    assert not tx.disputed
+    tx.cancel(**CANCEL_EARLY)
+    assert not tx.refunds_held  # held and released at once, with the offset recorded
+    held, released = tx.pending[-2:]
+    assert isinstance(held, ev.TransactionRefundsHeld) and held.dispute_ids == ["dp_1"]
+    assert isinstance(released, ev.TransactionHeldRefundsReleased)
+    assert lines(released.refunds) == [("member_balance", "wal-1", 50000)]
+    assert lines(released.returned_by_chargeback) == [("third_party", "pi_1", 60000)]
+
+
+def test_a_settlement_during_a_dispute_settles_and_holds_the_excess_refund() -> None:
     tx = prepaid_and_billed(100000)
     tx.freeze_refunds("dp_1", SERVICE_END)
-    with pytest.raises(Conflict, match=r"TWD 200\.00"):
-        tx.settle(at=SERVICE_END)
+    plan = tx.settle(at=SERVICE_END)
+    assert tx.status is S.PAID and tx.refunds_held  # the order completes; the excess waits
+    held = tx.pending[-1]
+    assert isinstance(held, ev.TransactionRefundsHeld) and held.source is ev.RefundSource.SETTLEMENT
+    assert held.amount == plan.refunded == twd(20000)
     tx.unfreeze_refunds("dp_1", SERVICE_END)
-    tx.settle(at=SERVICE_END)
-    assert tx.status is S.PAID
+    released = tx.pending[-1]
+    assert isinstance(released, ev.TransactionHeldRefundsReleased) and released.refunded == twd(20000)
     frozen_shortfall = transaction_in("billed", dispute="dp_1")
     frozen_shortfall.settle(method="third_party", reference="pi_2", at=SERVICE_END)  # refunds nothing
-    assert frozen_shortfall.status is S.PAID
+    assert frozen_shortfall.status is S.PAID and not frozen_shortfall.refunds_held
+
+
+def test_a_chargeback_must_be_in_the_orders_currency_and_positive() -> None:
+    tx = transaction_in("prepaid", dispute="dp_1")
+    with pytest.raises(RuleViolation) as caught:
+        tx.record_chargeback("dp_1", Money(amount=100, currency="USD"), SOON)
+    assert caught.value.field == "amount.currency"
+    with pytest.raises(RuleViolation):
+        tx.record_chargeback("dp_1", twd(0), SOON)
 
 
 # --- the policy in force at placement ----------------------------------------------------------------------------
@@ -427,14 +496,20 @@ def _lifecycles() -> list[Transaction]:
     c = open_transaction(prepay=False)
     c.cancel(fault_party="customer", seconds_before_service_start=HOUR, reason_code="changed_mind",
              policy=POLICY, at=SOON)
-    return [a, b, c]
+    d = open_transaction()
+    d.capture_prepayment(PREPAID, at=SOON)
+    d.freeze_refunds("dp_1", SOON)
+    d.cancel(**CANCEL_EARLY)
+    d.record_chargeback("dp_1", twd(20000), SOON, ["pi_1"])
+    d.unfreeze_refunds("dp_1", SOON)
+    return [a, b, c, d]
 
 
 def _state(tx: Transaction) -> dict[str, Any]:
     return {k: v for k, v in vars(tx).items() if k not in ("_pending", "version")}
 
 
-@pytest.mark.parametrize("tx", _lifecycles(), ids=["cash settlement", "merchant fault", "voided"])
+@pytest.mark.parametrize("tx", _lifecycles(), ids=["cash settlement", "merchant fault", "voided", "lost dispute"])
 def test_replaying_the_stored_events_rebuilds_the_same_state(tx: Transaction) -> None:
     stored = [registry.decode(e.event_type, e.schema_version, e.to_data()) for e in tx.pending]
     assert stored == tx.pending

@@ -30,13 +30,13 @@ from tests.unit.payments import (
 )
 
 AWAITING_CASH = "billed_awaiting_cash"  # billed, settled in cash, waiting for the merchant's confirmation
-DISPUTES = ["freeze_refunds", "unfreeze_refunds"]
+DISPUTES = ["freeze_refunds", "record_chargeback", "unfreeze_refunds"]
 
 # The specification, written out here rather than read from the module under test.
 EXPECTED_ALLOWED: dict[str, list[str]] = {
     "unpaid": ["bill", "cancel", "capture_prepayment", "fail_attempt", "start_attempt"],
-    "prepaid": ["bill", "cancel", "freeze_refunds", "unfreeze_refunds"],
-    "billed": ["fail_attempt", "freeze_refunds", "settle", "start_attempt", "unfreeze_refunds"],
+    "prepaid": ["bill", "cancel", "freeze_refunds", "record_chargeback", "unfreeze_refunds"],
+    "billed": ["fail_attempt", "freeze_refunds", "record_chargeback", "settle", "start_attempt", "unfreeze_refunds"],
     AWAITING_CASH: ["confirm_cash", *DISPUTES],
     "paid": DISPUTES,
     "confirmed": DISPUTES,
@@ -63,6 +63,7 @@ COMMANDS: dict[str, Callable[[Transaction], object]] = {
     "cancel": lambda t: t.cancel(**CANCEL_EARLY),
     "freeze_refunds": lambda t: t.freeze_refunds("dp_1", SOON),
     "unfreeze_refunds": lambda t: t.unfreeze_refunds("dp_0", SOON),
+    "record_chargeback": lambda t: t.record_chargeback("dp_0", Money(amount=60000, currency="TWD"), SOON, ["pi_1"]),
 }
 
 # What a command needs before it can record its event (not part of the state).
@@ -78,17 +79,21 @@ ALLOWED_TRANSITIONS = [
     ("prepaid", "cancel", S.REFUNDED, [ev.TransactionRefunded]),
     ("prepaid", "freeze_refunds", S.PREPAID, [ev.TransactionRefundsFrozen]),
     ("prepaid", "unfreeze_refunds", S.PREPAID, [ev.TransactionRefundsUnfrozen]),
+    ("prepaid", "record_chargeback", S.PREPAID, [ev.TransactionChargedBack]),
     ("billed", "start_attempt", S.BILLED, [ev.TransactionPaymentAttempted]),
     ("billed", "fail_attempt", S.BILLED, [ev.TransactionAttemptAbandoned]),
     ("billed", "settle", S.PAID, [ev.TransactionSettled]),
     ("billed", "freeze_refunds", S.BILLED, [ev.TransactionRefundsFrozen]),
     ("billed", "unfreeze_refunds", S.BILLED, [ev.TransactionRefundsUnfrozen]),
+    ("billed", "record_chargeback", S.BILLED, [ev.TransactionChargedBack]),
     (AWAITING_CASH, "confirm_cash", S.CONFIRMED, [ev.TransactionCashConfirmed]),
     (AWAITING_CASH, "freeze_refunds", S.BILLED, [ev.TransactionRefundsFrozen]),
     (AWAITING_CASH, "unfreeze_refunds", S.BILLED, [ev.TransactionRefundsUnfrozen]),
+    (AWAITING_CASH, "record_chargeback", S.BILLED, [ev.TransactionChargedBack]),
     *[(state, command, S(state), [event]) for state in ("paid", "confirmed", "refunded")
       for command, event in (("freeze_refunds", ev.TransactionRefundsFrozen),
-                             ("unfreeze_refunds", ev.TransactionRefundsUnfrozen))],
+                             ("unfreeze_refunds", ev.TransactionRefundsUnfrozen),
+                             ("record_chargeback", ev.TransactionChargedBack))],
 ]
 
 
