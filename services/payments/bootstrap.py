@@ -27,6 +27,7 @@ from libs.messaging.topics import ensure_topics
 from libs.observability import CONSUMER_EVENTS, HANDLER_ERRORS
 from libs.runtime import serve, setup_logging
 from libs.settings import ServiceSettings
+from services.payments.application.kolable import KolableService
 from services.payments.application.service import PaymentsService, reaction_context
 from services.payments.application.upstream import UpstreamIngestor
 from services.payments.application.wallets import WalletsService
@@ -132,6 +133,7 @@ async def start(settings: PaymentsSettings) -> PaymentsContainer:
     wallets = WalletsService(store, parse_wallet_policy(settings.wallet_policy_path.read_text()), utcnow,
                              service.publish_contract)
     service.return_refunds = wallets.return_refunds
+    service.kolable = KolableService(store, utcnow)
 
     async def on_fact(conn: Any, fact: Any, fact_id: Any) -> str:
         ctx = reaction_context(correlation_id=fact.provider_event_id, causation_id=str(fact_id))

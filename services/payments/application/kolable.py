@@ -15,7 +15,17 @@ The rules live in `services.payments.domain.kolable`; this module loads and save
   the events; the scorecard is computed from it with the domain's `scorecard()`.
 - **decide**: the approver's pursue / close / escalate, one KolableRefundDecided event each.
 
-Upstream (Stripe) payment facts are not merged into the classification yet: the export's facts only.
+- **provider facts**: the upstream routing (service.py) hands over every Stripe fact of a Kolable
+  order (its payment metadata names a `course_id`, or the order is already known here). The fact
+  is copied to `kolable_provider_facts` and the order's student group is classified again, in the
+  transaction that stored the fact. An order the export does not list takes its record (student,
+  course, amount, time) from the payment metadata (domain/kolable/provider.py); per family the
+  provider's facts replace the export's (classify.py). A re-buy can therefore be recognised from
+  the Stripe stream alone, or from an export and the stream together.
+
+Concurrency: an import holds one exclusive advisory lock; classifying from a provider fact holds
+it shared, then a lock per student, so two facts of one student's orders (an order and its re-buy)
+classify one after the other and never append to the same KolableOrder stream at once.
 """
 
 from __future__ import annotations
@@ -25,10 +35,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
+import asyncpg
+
 from libs.application.unit_of_work import CommandContext, UnitOfWork, execute
 from libs.domain.aggregate import Aggregate
 from libs.domain.errors import Conflict, DomainError
-from libs.domain.events import DomainEvent
+from libs.domain.events import DomainEvent, registry
 from libs.eventstore import EventStore
 from services.payments.domain.kolable import (
     KolableClassification,
@@ -36,12 +48,14 @@ from services.payments.domain.kolable import (
     KolableOrder,
     RefundDecision,
     classify,
-    inputs_from_rows,
     parse_export,
     scorecard,
 )
+from services.payments.domain.kolable.classify import OrderRecord, PaymentFact, facts_from_row
 from services.payments.domain.kolable.decisions import DECIDE_ROLES, IMPORT_ROLES, check_role
 from services.payments.domain.kolable.events import IMPORT_STREAM_CATEGORY
+from services.payments.domain.kolable.provider import STUDENT_KEY, belongs_to_kolable, provider_inputs
+from services.payments.domain.upstream_events import UpstreamFact
 
 __all__ = ["InvalidExport", "KolableImport", "KolableService", "import_report", "student_key"]
 
@@ -97,6 +111,18 @@ def import_report(event: KolableImportCompleted) -> dict[str, Any]:
         "file_errors": [e for e in errors if e["scope"] == "file"],
         "errors_total": event.errors_total,
     }
+
+
+async def _provider_facts(conn: asyncpg.Connection, order_ids: list[str]) -> dict[str, list[UpstreamFact]]:
+    """The provider facts recorded for these orders, decoded."""
+    out: dict[str, list[UpstreamFact]] = {}
+    for row in await conn.fetch(
+            "SELECT order_id, event_type, schema_version, data FROM kolable_provider_facts"
+            " WHERE order_id = ANY($1::text[])", order_ids):
+        fact = registry.decode(row["event_type"], row["schema_version"], row["data"])
+        assert isinstance(fact, UpstreamFact)
+        out.setdefault(row["order_id"], []).append(fact)
+    return out
 
 
 def _decision_json(order: KolableOrder) -> dict[str, Any] | None:
@@ -160,17 +186,30 @@ class KolableService:
         for agg in await uow.load_many([(KolableOrder, oid) for oid in missing]):
             assert isinstance(agg, KolableOrder)
             group[agg.id] = agg
-        records, facts = inputs_from_rows(o.row for o in group.values() if o.row is not None)
+        provider = await _provider_facts(uow.conn, sorted(group))
+        records: dict[str, OrderRecord] = {}
+        facts: list[PaymentFact] = []
+        for member in group.values():
+            provider_record, provider_facts = provider_inputs(member.id, provider.get(member.id, []))
+            record = OrderRecord.from_row(member.row) if member.row is not None else provider_record
+            if record is not None:
+                records[member.id] = record
+            if member.row is not None:
+                facts.extend(facts_from_row(member.row))
+            facts.extend(provider_facts)
         touched: dict[str, KolableOrder] = {o.id: o for o in changed}
-        for classification in classify(records, facts):
+        for classification in classify(list(records.values()), facts):
             order = group.get(classification.order_id)
             if order is not None and order.record_classification(classification, at):
                 touched[order.id] = order
-        await self._save_read_model(uow, touched.values(), changed, at)
+        await self._save_read_model(uow, touched.values(), changed, records, at)
 
     async def _save_read_model(self, uow: UnitOfWork, touched: Iterable[KolableOrder],
-                               changed: list[KolableOrder], at: datetime) -> None:
-        rows = [(o.id, o.row.student_id if o.row else None, o.row.course_id if o.row else None,
+                               changed: list[KolableOrder], records: dict[str, OrderRecord], at: datetime) -> None:
+        def record(o: KolableOrder) -> OrderRecord | None:
+            return records.get(o.id)
+
+        rows = [(o.id, r.student_id if (r := record(o)) else None, r.course_id if r else None,
                  o.status.value if o.status else None,
                  o.classification.model_dump(mode="json") if o.classification else None, _decision_json(o), at)
                 for o in touched]
@@ -186,7 +225,42 @@ class KolableService:
         await uow.conn.execute("DELETE FROM kolable_students WHERE order_id = ANY($1::text[])", ids)
         await uow.conn.executemany(
             "INSERT INTO kolable_students (student_key, order_id) VALUES ($1, $2)",
-            [(student_key(o.row.student_id), o.id) for o in changed if o.row and o.row.student_id])
+            [(student_key(r.student_id), o.id) for o in changed if (r := record(o)) and r.student_id])
+
+    # --- provider facts (Stripe) -----------------------------------------------------------
+
+    async def owns(self, conn: asyncpg.Connection, order_id: str, fact: UpstreamFact) -> bool:
+        """Whether a provider fact concerns a Kolable order: its payment metadata names a course, or
+        the order is known here already (a refund or dispute names only the charge)."""
+        if belongs_to_kolable(fact):
+            return True
+        return bool(await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM kolable_orders WHERE order_id = $1)"
+            " OR EXISTS (SELECT 1 FROM kolable_provider_facts WHERE order_id = $1)", order_id))
+
+    async def on_upstream_fact(self, uow: UnitOfWork, fact: UpstreamFact, order_id: str, fact_event_id: Any) -> str:
+        """Record a provider fact of a Kolable order and classify the student's orders again."""
+        conn = uow.conn
+        await conn.execute("SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 0))", IMPORT_LOCK)
+        stored = await conn.fetchval(
+            """INSERT INTO kolable_provider_facts (fact_event_id, order_id, event_type, schema_version, data,
+                                                   occurred_at)
+               VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (fact_event_id) DO NOTHING RETURNING 1""",
+            fact_event_id, order_id, fact.event_type, fact.schema_version, fact.to_data(), fact.occurred_at)
+        if not stored:
+            return "kolable: already recorded"
+        students = {r["student_key"] for r in await conn.fetch(
+            "SELECT student_key FROM kolable_students WHERE order_id = $1", order_id)}
+        named = (getattr(fact, "metadata", None) or {}).get(STUDENT_KEY, "").strip()
+        if named:
+            students.add(student_key(named))
+        for key in sorted(students):  # sorted: two facts locking the same students never deadlock
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"kolable-student:{key}")
+        order = await uow.load(KolableOrder, order_id)
+        before = order.status
+        await self._reclassify(uow, {order_id: order}, [order], students, self.clock())
+        after = order.status.value if order.status else None
+        return f"kolable: {before.value if before else 'new'} -> {after}"
 
     # --- scorecard ------------------------------------------------------------------------
 

@@ -156,24 +156,28 @@ class PaymentsService:
                 """INSERT INTO payments_upstream_refs (provider_payment_id, order_id)
                    SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT (provider_payment_id) DO NOTHING
                    RETURNING provider_payment_id""", list(refs), list(refs.values()))
-            learned = [r["provider_payment_id"] for r in rows]
+            learned = sorted(r["provider_payment_id"] for r in rows)
+            # Taken after the insert, and by a fact that parks for want of these ids before it looks
+            # them up: either the parker sees this index row, or this transaction sees its parked row.
+            await _lock_refs(uow.conn, learned)
         order_id = fact.order_ref.order_id
-        if order_id is None:
-            ids = [i for i in (fact.order_ref.charge_id, fact.order_ref.payment_intent_id) if i]
-            if ids:
-                order_id = await uow.conn.fetchval(
-                    "SELECT order_id FROM payments_upstream_refs WHERE provider_payment_id = ANY($1) LIMIT 1", ids)
+        ids = sorted({i for i in (fact.order_ref.charge_id, fact.order_ref.payment_intent_id) if i})
+        if order_id is None and ids:
+            order_id = await _order_of(uow.conn, ids)
+            if order_id is None:
+                await _lock_refs(uow.conn, ids)
+                order_id = await _order_of(uow.conn, ids)
         if order_id is not None:
             await _lock_order(uow.conn, order_id)
         outcomes: list[str] = []
         if isinstance(fact, UpstreamDisputeFact) and self.on_dispute is not None:
             outcomes.append(await self.on_dispute(uow, fact, order_id))
         if order_id is None:
-            if fact.order_ref.is_empty:
+            if not ids:
                 outcomes.append(f"data gap: {fact.data_gap}")
             else:
-                ids = [i for i in (fact.order_ref.charge_id, fact.order_ref.payment_intent_id) if i]
-                await self._park(uow, fact_event_id, ids[0], "order not known yet")
+                key = fact.order_ref.charge_id or ids[0]
+                await self._park(uow, fact_event_id, key, "order not known yet")
                 outcomes.append("parked: order not known yet")
         elif self.kolable is not None and await self.kolable.owns(uow.conn, order_id, fact):
             outcomes.append(await self.kolable.on_upstream_fact(uow, fact, order_id, fact_event_id))
@@ -264,6 +268,17 @@ async def _lock_order(conn: asyncpg.Connection, order_id: str) -> None:
     fact could be parked by one transaction while another, opening the order's transaction, looks
     for parked facts before the first commits: the fact would stay parked for ever."""
     await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"payments-order:{order_id}")
+
+
+async def _order_of(conn: asyncpg.Connection, provider_ids: list[str]) -> str | None:
+    return await conn.fetchval(
+        "SELECT order_id FROM payments_upstream_refs WHERE provider_payment_id = ANY($1) LIMIT 1", provider_ids)
+
+
+async def _lock_refs(conn: asyncpg.Connection, provider_ids: list[str]) -> None:
+    """Serialise learning a provider payment id with parking a fact for want of it (sorted: no deadlock)."""
+    for pid in provider_ids:
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"payments-ref:{pid}")
 
 
 def reaction_context(correlation_id: str, causation_id: str) -> CommandContext:

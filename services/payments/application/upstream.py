@@ -11,6 +11,7 @@ never dropped.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,9 +19,11 @@ from typing import Any
 
 import asyncpg
 
-from libs.eventstore import EventStore, Metadata, NewEvent
+from libs.eventstore import EventStore, Metadata, NewEvent, WrongExpectedVersion
 from services.payments.domain.upstream import PROVIDER, event_uuid, normalise, parse_event, received_event
-from services.payments.domain.upstream_events import ReceivedVia, UpstreamFact
+from services.payments.domain.upstream_events import ReceivedVia, UpstreamEventReceived, UpstreamFact
+
+MAX_ATTEMPTS = 5
 
 
 def upstream_stream_id(provider_event_id: str) -> str:
@@ -62,12 +65,27 @@ class UpstreamIngestor:
                         correlation_id=f"order-{order_id}" if order_id else event.id)
         stream_id = upstream_stream_id(event.id)
         fact_id = event_uuid(PROVIDER, event.id, "fact")
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                duplicate = await self._store(stream_id, received, fact, meta, event.id, fact_id)
+                return IngestOutcome(event.id, event.type, duplicate, fact, stream_id)
+            except WrongExpectedVersion:
+                # The same provider event arriving at once by two channels (the webhook and the topic,
+                # or two webhook retries): the loser rolls back; run again, it then finds the event
+                # stored and reports a duplicate.
+                if attempt >= MAX_ATTEMPTS:
+                    raise
+
+    async def _store(self, stream_id: str, received: UpstreamEventReceived, fact: UpstreamFact | None,
+                     meta: Metadata, provider_event_id: str, fact_id: uuid.UUID) -> bool:
         async with self.store.transaction() as conn:
             # Two appends, so that an event stored before its type was supported (received
             # only) gets its fact added on a redelivery instead of clashing with it.
             first = await self.store.append(stream_id, None, [NewEvent(
                 received.event_type, received.to_data(), meta, received.schema_version,
-                event_id=event_uuid(PROVIDER, event.id))], conn=conn)
+                event_id=event_uuid(PROVIDER, provider_event_id))], conn=conn)
             duplicate = first.replayed
             if fact is not None:
                 second = await self.store.append(stream_id, None, [NewEvent(
@@ -76,4 +94,4 @@ class UpstreamIngestor:
                 if not second.replayed and self.on_fact is not None:
                     outcome = await self.on_fact(conn, fact, fact_id)
                     self.outcomes[outcome.split(":")[0]] = self.outcomes.get(outcome.split(":")[0], 0) + 1
-        return IngestOutcome(event.id, event.type, duplicate, fact, stream_id)
+        return duplicate

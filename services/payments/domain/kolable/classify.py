@@ -156,6 +156,10 @@ class PaymentFact:
     - dispute: `dispute_status` (required), `amount` disputed (None = what is paid and not
       refunded), `at` when it was opened or last changed, `reference` the dispute id.
     `source` is "import" for facts from the export, else the provider ("stripe").
+
+    A fact the provider reported but that cannot be used as it is (a currency we do not support)
+    names the field it leaves missing in `gap` and why in `gap_reason`; it counts no money, and
+    the order becomes a data_gap.
     """
 
     order_id: str
@@ -165,6 +169,8 @@ class PaymentFact:
     at: datetime | None = None
     reference: str | None = None
     dispute_status: DisputeStatus | None = None
+    gap: str | None = None
+    gap_reason: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", FactKind(self.kind))
@@ -176,7 +182,7 @@ class PaymentFact:
             raise ValueError("a dispute fact needs its dispute_status")
         if self.kind is not FactKind.DISPUTE and self.dispute_status is not None:
             raise ValueError("only a dispute fact has a dispute_status")
-        if self.kind is FactKind.CHARGE_SUCCEEDED and self.amount is None:
+        if self.kind is FactKind.CHARGE_SUCCEEDED and self.amount is None and self.gap is None:
             raise ValueError("a successful charge needs its amount")
         if self.amount is not None and self.amount.amount < 0:
             raise ValueError("amount must not be negative")
@@ -186,15 +192,23 @@ class PaymentFact:
 
 @dataclass(frozen=True)
 class OrderRecord:
-    """An order as the export lists it: who bought which course, when, for how much."""
+    """An order: who bought which course, when, for how much.
+
+    From the export (`source` "import"), or, for an order the export does not list (yet), from
+    the payment provider's metadata (`source` "stripe": Kolable's checkout writes order_id,
+    student_id and course_id on the payment). The LINE thread is an export column: it is asked
+    for only of an exported order. `amount` is None when the provider's amount is unusable (a
+    currency we do not support: that fact is then a data gap).
+    """
 
     order_id: str
-    amount: Money
+    amount: Money | None
     student_id: str | None = None
     course_id: str | None = None
     ordered_at: datetime | None = None
     line_thread: str | None = None
     notes: str | None = None
+    source: str = IMPORT_SOURCE
 
     @classmethod
     def from_row(cls, row: KolableOrderRow) -> OrderRecord:
@@ -272,6 +286,7 @@ class _Ledger:
     disputes: list[_Dispute] = field(default_factory=list)
     foreign_currencies: list[str] = field(default_factory=list)
     gaps: list[str] = field(default_factory=list)
+    gap_reasons: list[str] = field(default_factory=list)
 
     @property
     def key(self) -> tuple[str, str, str] | None:
@@ -288,7 +303,9 @@ class _Ledger:
         """The most that can go back: what was paid; the order amount while no charge is known."""
         if self.charge == "succeeded":
             return self.paid
-        return self.record.amount.amount if self.record is not None else self.refunded
+        if self.record is not None and self.record.amount is not None:
+            return self.record.amount.amount
+        return self.refunded
 
     @cached_property
     def lost(self) -> int:
@@ -361,15 +378,22 @@ def _family(facts: Sequence[PaymentFact]) -> list[PaymentFact]:
 
 
 def _ledger(order_id: str, record: OrderRecord | None, facts: Sequence[PaymentFact]) -> _Ledger:
-    if record is not None:
+    if record is not None and record.amount is not None:
         currency = record.amount.currency
     else:
         currencies = sorted({f.amount.currency for f in facts if f.amount is not None})
         currency = currencies[0] if currencies else DEFAULT_CURRENCY
     ledger = _Ledger(order_id=order_id, record=record, currency=currency)
     usable: list[PaymentFact] = []
+    unusable_charge = False
     for f in facts:
-        if f.amount is not None and f.amount.currency != currency:
+        if f.gap is not None:
+            if f.gap not in ledger.gaps:
+                ledger.gaps.append(f.gap)
+            if f.gap_reason and f.gap_reason not in ledger.gap_reasons:
+                ledger.gap_reasons.append(f.gap_reason)
+            unusable_charge = unusable_charge or f.kind in CHARGE_KINDS
+        elif f.amount is not None and f.amount.currency != currency:
             ledger.foreign_currencies.append(f.amount.currency)
         else:
             usable.append(f)
@@ -409,7 +433,8 @@ def _ledger(order_id: str, record: OrderRecord | None, facts: Sequence[PaymentFa
     else:
         gaps.extend(name for name in ("student_id", "course_id", "ordered_at") if getattr(record, name) is None)
     if ledger.charge is None:
-        gaps.append("payment_status")
+        if not unusable_charge:  # a charge was reported, in a form we cannot use: that gap is named already
+            gaps.append("payment_status")
     elif ledger.charge in ("pending", "failed"):
         gaps.append(f"payment ({ledger.charge})")
     else:
@@ -423,7 +448,7 @@ def _ledger(order_id: str, record: OrderRecord | None, facts: Sequence[PaymentFa
         gaps.append("refunded_at")
     if any(d.status is DisputeStatus.LOST and d.at is None for d in ledger.disputes):
         gaps.append("disputed_at")
-    if ledger.foreign_currencies:
+    if ledger.foreign_currencies and "currency" not in gaps:
         gaps.append("currency")
     return ledger
 
@@ -644,10 +669,13 @@ def _gap_text(led: _Ledger, missing: Sequence[str], provisional: ReconciliationS
     if "payment (pending)" in missing:
         en.append("The payment is still pending.")
         zh.append("付款仍在處理中。")
-    if "currency" in missing:
+    if "currency" in missing and led.foreign_currencies:
         foreign = ", ".join(sorted(set(led.foreign_currencies)))
         en.append(f"Payment facts in {foreign} do not match the order's {led.currency}.")
         zh.append(f"金流幣別 {foreign} 與訂單幣別 {led.currency} 不符。")
+    for reason in led.gap_reasons:
+        en.append(f"The payment provider reported: {reason}.")
+        zh.append(f"金流端資料無法使用:{reason}。")
     rebuys = sorted({m.split(".", 1)[0] for m in missing if "." in m})
     if rebuys:
         en.append(f"A possible re-buy ({', '.join(rebuys)}) is incomplete, so the refund cannot be judged yet.")
@@ -694,7 +722,8 @@ def _classify_one(led: _Ledger, match: _Match | None, recovers: str | None,
     if provisional is S.REFUNDED_NO_REBUY and match is not None:
         missing.extend(match.incomplete)
     needs_decision = provisional in (S.REFUNDED_NO_REBUY, S.DISPUTE_PENDING)
-    if needs_decision and led.record is not None and led.record.line_thread is None:
+    if (needs_decision and led.record is not None and led.record.source == IMPORT_SOURCE
+            and led.record.line_thread is None):
         missing.append("line_thread")
 
     rebuy = match.rebuy if match is not None and provisional is S.REFUNDED_REBOUGHT else None
@@ -718,6 +747,7 @@ def _classify_one(led: _Ledger, match: _Match | None, recovers: str | None,
         student_id=rec.student_id if rec else None, course_id=rec.course_id if rec else None,
         rebuy_order_id=rebuy,
         recovers_order_id=recovers,
-        amount=rec.amount if rec else led.money(led.paid), paid=led.money(led.paid),
+        amount=rec.amount if rec is not None and rec.amount is not None else led.money(led.paid),
+        paid=led.money(led.paid),
         refunded=led.money(refunded), recovered=led.money(recovered), open_dispute=led.money(open_dispute),
         cash_gap=led.money(refunded - recovered + open_dispute))
