@@ -9,10 +9,16 @@ B. Another order, whose customer has a low credit score (prepayment required), i
    prepaid and then cancelled by the customer about 30 hours before the service:
    cancelled, customer's fault; the payments service keeps half of the online-paid
    amount as the penalty (24 h <= T < 48 h) and refunds the rest along the original path.
+C. The Kolable war room (seed 000): Wade imports an export of six course orders of 5/12-5/21,
+   Stripe reports the rest through the signed webhook (a student re-buys a refunded course; a
+   card dispute on another order), and Louis decides to pursue one refund. The demo prints each
+   order's status with its reason and next step, and the reconciliation scorecard.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import secrets
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,7 +27,7 @@ from zoneinfo import ZoneInfo
 from rich.table import Table
 
 from libs.devstack.client import PlatformClient
-from libs.devstack.stripe import charge_succeeded, send_webhook
+from libs.devstack.stripe import charge_succeeded, dispute_created, send_webhook
 from libs.domain.money import Money
 
 TZ = ZoneInfo("Asia/Taipei")
@@ -45,7 +51,10 @@ class Stripe:
         self.secret = endpoints["stripe_webhook_secret"]
 
     async def charge(self, order_id: str, amount: int) -> None:
-        await send_webhook(self.client.http, self.url, self.secret, charge_succeeded(order_id, amount))
+        await self.send(charge_succeeded(order_id, amount))
+
+    async def send(self, event: dict[str, Any]) -> None:
+        await send_webhook(self.client.http, self.url, self.secret, event)
 
 
 async def run_demo(endpoints: dict[str, Any]) -> dict[str, Any]:
@@ -56,6 +65,7 @@ async def run_demo(endpoints: dict[str, Any]) -> dict[str, Any]:
     try:
         a = await _prepaid_order_with_adjusted_bill(client, stripe, run)
         b = await _customer_cancels_30_hours_before(client, stripe, run, endpoints["postgres_url"])
+        c = await _kolable_war_room(client, stripe, run, services["payments"])
     finally:
         await client.aclose()
     table = Table(title="demo: final states (from the projector's read model)")
@@ -64,8 +74,9 @@ async def run_demo(endpoints: dict[str, Any]) -> dict[str, Any]:
     for row in (a, b):
         table.add_row(row["order_id"], row["story"], f"{row['status']} {row['status_label']}",
                       row["reasons"], row["money"], row["cancellation"])
-    return {"orders": [a, b], "table": table,
-            "links": {r["order_id"]: f"{services['projector']}/orders/{r['order_id']}" for r in (a, b)}}
+    return {"orders": [a, b], "kolable": c, "tables": [table, c["table"], c["scorecard_table"]],
+            "links": {**{r["order_id"]: f"{services['projector']}/orders/{r['order_id']}" for r in (a, b)},
+                      "kolable scorecard": f"{services['payments']}/kolable/reconciliation/scorecard"}}
 
 
 def _fmt(m: dict[str, Any] | None) -> str:
@@ -162,3 +173,106 @@ async def _refund_plan(postgres_url: str, order_id: str, timeout: float = 30) ->
             await asyncio.sleep(0.1)
     finally:
         await conn.close()
+
+
+# --- C. the Kolable war room -------------------------------------------------------------------
+
+KOLABLE_COLUMNS = ["order_id", "student_id", "course_id", "amount", "currency", "ordered_at", "payment_status",
+                   "paid_at", "payment_ref", "refunded_amount", "refunded_at", "dispute_status", "disputed_at",
+                   "line_thread", "notes"]
+COURSE = "kolable-pro-28000"  # the 28,000 training cohort
+
+
+def _taipei(day: int, hour: int, minute: int = 0) -> datetime:
+    return datetime(2025, 5, day, hour, minute, tzinfo=TZ)
+
+
+async def _kolable_war_room(client: PlatformClient, stripe: Stripe, run: str, payments: str) -> dict[str, Any]:
+    """Import Wade's export, let Stripe report the rest, and show the scorecard (seed 000)."""
+    k = f"KOL-{run}"
+
+    def row(n: int, student: str, status: str = "paid", *, paid: datetime = _taipei(12, 10, 5),
+            refunded_at: datetime | None = None, ref: str | None = None, line: str = "") -> dict[str, str]:
+        return {"order_id": f"{k}-{n:03d}", "student_id": student, "course_id": COURSE, "amount": "28000",
+                "currency": "TWD", "ordered_at": (paid - timedelta(minutes=5)).isoformat(), "payment_status": status,
+                "paid_at": paid.isoformat(), "payment_ref": ref or f"pi_{run}{n:03d}", "refunded_amount": "",
+                "refunded_at": refunded_at.isoformat() if refunded_at else "", "dispute_status": "none",
+                "disputed_at": "", "line_thread": line, "notes": ""}
+
+    disputed_pi, disputed_ch = f"pi_{run}004", f"ch_{run}004"
+    rows = [
+        row(1, f"stu-lin-{run}"),
+        row(2, f"stu-wu-{run}", "refunded", refunded_at=_taipei(14, 15), line=f"line://chat/wu-{run}"),
+        row(3, f"stu-huang-{run}", "refunded", refunded_at=_taipei(13, 11), line=f"line://chat/huang-{run}"),
+        row(4, f"stu-tsai-{run}", paid=_taipei(15, 9), ref=disputed_pi, line=f"line://chat/tsai-{run}"),
+        row(5, ""),  # the export lost the student id: Wade fills it in (D1)
+        row(6, f"stu-ko-{run}", paid=_taipei(20, 21)),
+    ]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=KOLABLE_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    wade = {"X-Actor": "wade", "X-Role": "importer", "Content-Type": "text/csv"}
+    imported = await client.http.post(f"{payments}/kolable/orders/import", content=out.getvalue().encode(),
+                                      headers=wade)
+    imported.raise_for_status()
+
+    # Stripe: Huang bought the course again after the refund (a new order, 5/16); Tsai's bank opened a
+    # dispute on the charge of order 004 (its charge is reported first, so the dispute finds the order).
+    rebuy = f"{k}-007"
+    meta = {"student_id": f"stu-huang-{run}", "course_id": COURSE}
+    await stripe.send(charge_succeeded(rebuy, 2800000, metadata=meta, created=int(_taipei(16, 10).timestamp())))
+    charge = charge_succeeded(f"{k}-004", 2800000, metadata={"student_id": f"stu-tsai-{run}", "course_id": COURSE},
+                              charge_id=disputed_ch, payment_intent_id=disputed_pi,
+                              created=int(_taipei(15, 9).timestamp()))
+    await stripe.send(charge)
+    await stripe.send(dispute_created(charge, created=int(_taipei(21, 18).timestamp())))
+
+    # Louis pursues Wu's refund.
+    louis = {"X-Actor": "louis", "X-Role": "approver"}
+    decided = await client.http.post(f"{payments}/kolable/refund-decisions", headers=louis, json={
+        "order_id": f"{k}-002", "decision": "pursue", "reason": "學員仍在上課,退刷後未重買,需補收"})
+    decided.raise_for_status()
+
+    card = (await client.http.get(f"{payments}/kolable/reconciliation/scorecard")).json()
+    mine = {a["order_id"]: a for a in card["needing_action"] if a["order_id"].startswith(k)}
+    table = Table(title="demo C: Kolable refund/re-buy war room (seed 000)")
+    for col in ("order", "status", "why", "next step (owner)"):
+        table.add_column(col, overflow="fold")
+    statuses: dict[str, str] = {}
+    for n in (1, 2, 3, 4, 5, 6, 7):
+        oid = f"{k}-{n:03d}"
+        c = await _classification(client, payments, oid)
+        statuses[oid] = c["status"]
+        owner = mine.get(oid, {}).get("owner_name") or {"importer": "Wade", "reconciler": "Huber",
+                                                        "approver": "Louis"}[c["owner"]]
+        table.add_row(oid, c["status"], c["reason"], f"{c['next_step_en']} ({owner})")
+    score = Table(title="Kolable reconciliation scorecard (GET /kolable/reconciliation/scorecard)")
+    for col in ("status", "orders", "amount", "cash gap"):
+        score.add_column(col)
+    for line in card["by_status"]:
+        score.add_row(line["status"], str(line["count"]), _amounts(line["amount"]), _amounts(line["cash_gap"]))
+    score.add_row("total", str(card["orders"]), "", _amounts(card["cash_gap"]))
+    score.caption = (f"recovered by re-buys {_amounts(card['recovered_by_rebuy'])} ({card['rebuys']} re-buys); "
+                     f"needing action {len(card['needing_action'])}; "
+                     f"to collect {len(card['collection_list'])}")
+    return {"orders": statuses, "import": imported.json(), "scorecard": card, "table": table,
+            "scorecard_table": score}
+
+
+def _amounts(amounts: dict[str, Any]) -> str:
+    return ", ".join(str(Money(**m)) for m in amounts.values()) or "-"
+
+
+async def _classification(client: PlatformClient, payments: str, order_id: str,
+                          timeout: float = 15) -> dict[str, Any]:
+    import asyncio
+
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        r = await client.http.get(f"{payments}/kolable/orders/{order_id}")
+        if r.status_code == 200:
+            return dict(r.json()["classification"])
+        if asyncio.get_running_loop().time() > deadline:
+            r.raise_for_status()
+        await asyncio.sleep(0.1)

@@ -191,7 +191,8 @@ def _summary(sup: Supervisor, demo_result: dict | None) -> None:
     table.add_row("endpoints file", str(STATE / "dev.json"))
     console.print(table)
     if demo_result:
-        console.print(demo_result.get("table") or demo_result)
+        for table in demo_result.get("tables") or [demo_result]:
+            console.print(table)
 
 
 app = typer.Typer(add_completion=False, help="closeloop development stack")

@@ -63,6 +63,10 @@ def test_make_run_starts_the_stack_runs_the_demo_and_ctrl_c_leaves_no_process(tm
         assert "completed" in out and "已完成" in out
         assert "cancelled" in out and "fault customer" in out and "30 h" in out
         assert "penalty TWD 300.00" in out and "refunded TWD 300.00" in out  # half of 600.00 (24-48 h)
+        # The Kolable war room: export + Stripe events classified, and the scorecard.
+        for status in ("paid_valid", "refunded_no_rebuy", "refunded_rebought", "dispute_pending", "data_gap"):
+            assert status in out, status
+        assert "re-bought course" in out and "recovered by re-buys TWD 28,000.00 (1 re-buys)" in out
         dev = json.loads((state / "dev.json").read_text())
         for name, url in dev["services"].items():
             assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200, name

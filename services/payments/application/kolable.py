@@ -272,6 +272,27 @@ class KolableService:
         decisions = {r["order_id"]: RefundDecision.model_validate(r["decision"]) for r in rows if r["decision"]}
         return scorecard(classifications, decisions).model_dump(mode="json")
 
+    async def order_view(self, order_id: str) -> dict[str, Any]:
+        """One order: classification, export row, provider facts, marks and decisions (404 if unknown)."""
+        async with self.store.transaction() as conn:
+            order = await UnitOfWork(self.store, conn, CommandContext("query", "service", "query")).get(
+                KolableOrder, order_id)
+            facts = (await _provider_facts(conn, [order_id])).get(order_id, [])
+        return {
+            "order_id": order.id, "status": order.status.value if order.status else None,
+            "classification": order.classification.model_dump(mode="json") if order.classification else None,
+            "export_row": order.row.model_dump(mode="json") if order.row else None,
+            "import_id": order.import_id, "line": order.line,
+            "provider_facts": [{"type": f.event_type, "provider_event_id": f.provider_event_id,
+                                "upstream_type": f.upstream_type, "occurred_at": f.occurred_at.isoformat(),
+                                "data_gap": f.data_gap}
+                               for f in sorted(facts, key=lambda f: (f.occurred_at, f.provider_event_id))],
+            "marks": [m.model_dump(mode="json") for m in order.marks],
+            "decisions": [d.model_dump(mode="json") for d in order.decisions],
+            "decision_in_force": d.model_dump(mode="json") if (d := order.decision_in_force) else None,
+            "version": order.version,
+        }
+
     # --- decisions ------------------------------------------------------------------------
 
     async def decide(self, order_id: str, decision: str, reason: str, ctx: CommandContext) -> dict[str, Any]:

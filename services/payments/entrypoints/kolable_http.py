@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -45,6 +45,9 @@ class DecisionRequest(BaseModel):
     reason: Annotated[str, Field(min_length=1, max_length=500)]
 
 
+OrderId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+
+
 def _service(request: Request) -> KolableService:
     return KolableService(request.app.state.payments.store)
 
@@ -66,6 +69,13 @@ async def import_orders(request: Request, ctx: Ctx) -> JSONResponse:
 async def reconciliation_scorecard(request: Request) -> dict[str, Any]:
     """Count and amount per status, cash gap, revenue recovered by re-buys, and the orders needing action."""
     return await _service(request).scorecard()
+
+
+@router.get("/orders/{order_id}", responses={404: {"description": "no such Kolable order"}})
+async def kolable_order(order_id: OrderId, request: Request) -> dict[str, Any]:
+    """One order under reconciliation: its classification (status, reason, next step, money), its latest
+    imported row, the payment provider's facts it was classified from, the marks and the decisions."""
+    return await _service(request).order_view(order_id)
 
 
 @router.post("/refund-decisions", responses={403: {"description": "the actor's role is not approver"}})
