@@ -5,7 +5,12 @@ processes, measures a raw asyncpg baseline in the same run, then:
   1. event store appends, one event per transaction, 8 concurrent connections, through
      EventStore.append (optimistic concurrency, hash chain, never-skip ordering);
   2. place-order commands over HTTP with ?wait=true: command latency and the latency until
-     the projector's read model shows the order (read-your-writes), at a steady rate.
+     the projector's read model shows the order (read-your-writes), at a steady rate;
+  3. upstream ingestion: a generated Stripe-format stream of Kolable course orders (charges,
+     refunds, disputes, duplicates, out of order) produced to `payments.upstream` as fast as
+     the producer goes (its rate is the baseline), and the rate at which the payments service
+     stores, deduplicates and applies it (until the last distinct event is stored); then the
+     same kind of stream through the signed webhook with 8 concurrent senders.
 Writes bench/results/latest.json and prints a table. (Issue 6 extends this suite.)
 """
 
@@ -33,6 +38,9 @@ from libs.devstack.postgres import EmbeddedPostgres
 from libs.devstack.procs import free_port
 from libs.devstack.supervisor import Child, _wait_ready
 from libs.eventstore import EventStore, Metadata, NewEvent
+from services.payments.domain.signature import sign
+from services.registry import PAYMENTS_UPSTREAM
+from tests.support.stripe_events import encode, generate
 
 console = Console()
 OUT = Path(__file__).parent / "results"
@@ -125,6 +133,69 @@ async def command_latency(orders: str, projector: str, n: int, rate: float) -> d
             "read_model_p99_ms": round(pct(rm_lat, 99) * ms, 1)}
 
 
+async def _stored(conn: asyncpg.Connection, streams: list[str]) -> int:
+    return int(await conn.fetchval("SELECT count(DISTINCT stream_id) FROM events WHERE stream_id = ANY($1)", streams))
+
+
+async def _wait_stored(dsn: str, streams: list[str], timeout: float) -> float:
+    """Seconds on the clock when every stream exists (polled every 50 ms)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        deadline = time.perf_counter() + timeout
+        while await _stored(conn, streams) < len(streams):
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"only {await _stored(conn, streams)} of {len(streams)} upstream events stored")
+            await asyncio.sleep(0.05)
+        return time.perf_counter()
+    finally:
+        await conn.close()
+
+
+async def upstream_kafka(dsn: str, bootstrap: str, orders: int, seed: int) -> dict[str, Any]:
+    from aiokafka import AIOKafkaProducer
+
+    scenario = generate(seed, orders)
+    bodies = [(e["id"].encode(), encode(e)) for e in scenario.events]
+    streams = sorted({f"upstream-stripe-{e['id']}" for e in scenario.events})
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        t0 = time.perf_counter()
+        futures = [await producer.send(PAYMENTS_UPSTREAM, value=v, key=k) for k, v in bodies]
+        await asyncio.gather(*futures)
+        produced = time.perf_counter()
+    finally:
+        await producer.stop()
+    done = await _wait_stored(dsn, streams, timeout=900)
+    return {"orders": orders, "messages": len(bodies), "distinct_events": len(streams),
+            "produce_rate": round(len(bodies) / (produced - t0)),
+            "ingest_rate": round(len(bodies) / (done - t0)),
+            "ratio_to_produce": round((len(bodies) / (done - t0)) / (len(bodies) / (produced - t0)), 3)}
+
+
+async def upstream_webhook(dsn: str, url: str, secret: str, orders: int, seed: int,
+                           senders: int = 8) -> dict[str, Any]:
+    scenario = generate(seed, orders)
+    queue = list(reversed(scenario.events))
+    latencies: list[float] = []
+    async with httpx.AsyncClient(timeout=30) as http:
+        async def sender() -> None:
+            while queue:
+                body = encode(queue.pop())
+                t = time.perf_counter()
+                r = await http.post(url, content=body, headers={
+                    "Content-Type": "application/json", "Stripe-Signature": sign(body, secret, int(time.time()))})
+                r.raise_for_status()
+                latencies.append(time.perf_counter() - t)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*[sender() for _ in range(senders)])
+        elapsed = time.perf_counter() - t0
+    return {"orders": orders, "requests": len(latencies), "senders": senders,
+            "rate": round(len(latencies) / elapsed), "p50_ms": round(pct(latencies, 50) * 1000, 1),
+            "p99_ms": round(pct(latencies, 99) * 1000, 1)}
+
+
 async def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="closeloop-bench-"))
     pg = EmbeddedPostgres(root / "pg", fsync=True, log_path=root / "pg.log")
@@ -148,7 +219,9 @@ async def main() -> None:
                              "p50_ms": round(pct(lat, 50) * 1000, 2), "p99_ms": round(pct(lat, 99) * 1000, 2)}
         env = {**os.environ, "DATABASE_URL": pg.dsn, "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
                "CLOSELOOP_ENVIRONMENT": "test", "CLOSELOOP_LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1"}
-        for name in ("relay", "orders", "projector"):
+        secret = "whsec_bench_" + uuid.uuid4().hex
+        env["CLOSELOOP_STRIPE_WEBHOOK_SECRETS"] = secret
+        for name in ("relay", "orders", "projector", "payments"):
             port = free_port()
             child = Child(name, port, {**env, "CLOSELOOP_HTTP_PORT": str(port)}, root / f"{name}.log")
             child.start()
@@ -161,6 +234,12 @@ async def main() -> None:
             n = int(rate * (5 if QUICK else 15))
             console.print(f"{n} place-order commands at {rate}/s with read-your-writes …")
             results["command_to_read_model"].append(await command_latency(children[1].url, children[2].url, n, rate))
+        orders = 300 if QUICK else 2000
+        console.print(f"upstream: Stripe events of {orders} orders through payments.upstream …")
+        results["upstream_kafka"] = await upstream_kafka(pg.dsn, kafka.bootstrap, orders, seed=1)
+        console.print(f"upstream: Stripe events of {orders // 2} orders through the webhook, 8 senders …")
+        results["upstream_webhook"] = await upstream_webhook(pg.dsn, f"{children[3].url}/webhooks/stripe", secret,
+                                                             orders // 2, seed=2)
     finally:
         for child in reversed(children):
             child.stop()
@@ -181,6 +260,13 @@ async def main() -> None:
                       f"{c['command_p50_ms']} / {c['command_p95_ms']} / {c['command_p99_ms']} ms")
         table.add_row(label + ": → read model p50/p95/p99",
                       f"{c['read_model_p50_ms']} / {c['read_model_p95_ms']} / {c['read_model_p99_ms']} ms")
+    k = results["upstream_kafka"]
+    table.add_row(f"Kafka produce of {k['messages']:,} Stripe events (baseline)", f"{k['produce_rate']:,} events/s")
+    table.add_row(f"upstream ingestion through Kafka ({k['orders']:,} orders, {k['distinct_events']:,} distinct)",
+                  f"{k['ingest_rate']:,} events/s ({k['ratio_to_produce']:.1%} of produce)")
+    w = results["upstream_webhook"]
+    table.add_row(f"upstream ingestion through the webhook ({w['requests']:,} requests, {w['senders']} senders)",
+                  f"{w['rate']:,} events/s, p50 {w['p50_ms']} / p99 {w['p99_ms']} ms")
     console.print(table)
 
 
