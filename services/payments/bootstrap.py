@@ -27,6 +27,7 @@ from libs.messaging.topics import ensure_topics
 from libs.observability import CONSUMER_EVENTS, HANDLER_ERRORS
 from libs.runtime import serve, setup_logging
 from libs.settings import ServiceSettings
+from services.payments.application.disputes import DisputesService
 from services.payments.application.kolable import KolableService
 from services.payments.application.service import PaymentsService, reaction_context
 from services.payments.application.upstream import UpstreamIngestor
@@ -134,6 +135,8 @@ async def start(settings: PaymentsSettings) -> PaymentsContainer:
                              service.publish_contract)
     service.return_refunds = wallets.return_refunds
     service.kolable = KolableService(store, utcnow)
+    # Dispute facts: the Dispute aggregate, its read model, refunds frozen / held / released.
+    service.on_dispute = DisputesService(store, service.policies, utcnow, wallets.return_refund_lines).on_fact
 
     async def on_fact(conn: Any, fact: Any, fact_id: Any) -> str:
         ctx = reaction_context(correlation_id=fact.provider_event_id, causation_id=str(fact_id))

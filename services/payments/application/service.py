@@ -20,6 +20,7 @@ from libs.domain.events import DomainEvent, registry
 from libs.eventstore import EventStore
 from services.orders.domain import events as orders_ev
 from services.payments.application.contract import CONTRACT_CATEGORY, contract_events
+from services.payments.application.disputes import apply_disputes
 from services.payments.domain import events as ev
 from services.payments.domain.policy import CancellationPolicy, policy_by_version, policy_in_force
 from services.payments.domain.transaction import Transaction
@@ -100,7 +101,13 @@ class PaymentsService:
                        ON CONFLICT (order_id) DO UPDATE SET merchant_id = EXCLUDED.merchant_id""",
                     event.order_id, event.merchant_id)
             case orders_ev.OrderBillConfirmed():
+                # Under the order's lock (as upstream facts are applied): the order's open disputes
+                # freeze the transaction first -- a dispute may have arrived before the transaction
+                # existed -- so that an excess the settlement refunds is held, not refused (a refusal
+                # would skip this event and lose the settlement).
+                await _lock_order(uow.conn, event.order_id)
                 txn = await uow.get(Transaction, event.order_id)
+                await apply_disputes(uow, txn, at)
                 txn.bill(event.bill_id, event.revision, event.total, at)
                 # 多退少補: with nothing to collect the bill settles at once (refunding any excess);
                 # a shortfall waits for the customer's or merchant's collection.
@@ -108,13 +115,17 @@ class PaymentsService:
                     txn.settle(at=at)
                 await self.publish_contract(uow, txn)
             case orders_ev.OrderCancelled():
+                # As above: during a dispute the cancellation is applied (state, penalty, vouchers) and
+                # its refunds are held until the dispute closes (services/payments/application/disputes.py).
+                await _lock_order(uow.conn, event.order_id)
                 txn = await uow.get(Transaction, event.order_id)
+                await apply_disputes(uow, txn, at)
                 assert txn.policy_version is not None
                 plan = txn.cancel(fault_party=event.fault_party.value, reason_code=event.reason_code,
                                   seconds_before_service_start=event.seconds_before_service_start,
                                   policy=policy_by_version(self.policies, txn.policy_version), at=at,
                                   merchant_id=await self._merchant_of(uow.conn, event.order_id))
-                if self.return_refunds is not None:
+                if self.return_refunds is not None and not txn.refunds_held:  # held: returned on release
                     await self.return_refunds(uow, txn, plan, at)
                 self._issue_compensation_vouchers(uow, txn, at)
                 await self.publish_contract(uow, txn)

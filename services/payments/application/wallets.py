@@ -3,7 +3,7 @@ with it, and returning cancellation refunds to it along the original path."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -74,7 +74,13 @@ class WalletsService:
 
     async def return_refunds(self, uow: UnitOfWork, txn: Transaction, plan: ev.CancellationPlan, at: datetime) -> None:
         """The member-balance lines of a cancellation refund go back to the wallet they came from."""
-        for refund in plan.refunds:
+        await self.return_refund_lines(uow, txn, plan.refunds, at)
+
+    async def return_refund_lines(self, uow: UnitOfWork, txn: Transaction, refunds: Sequence[ev.Refund],
+                                  at: datetime) -> None:
+        """The member-balance lines among `refunds` (of a cancellation, possibly held during a dispute
+        and released later) go back to the wallet they came from."""
+        for refund in refunds:
             if refund.kind is ev.TenderKind.MEMBER_BALANCE:
                 assert txn.customer_id is not None
                 wallet = await uow.get(Wallet, txn.customer_id)

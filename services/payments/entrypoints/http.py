@@ -14,6 +14,7 @@ from libs.observability import install_metrics
 from services.payments.domain.signature import HEADER, SignatureError, verify
 from services.payments.domain.upstream import MalformedEvent
 from services.payments.domain.upstream_events import ReceivedVia
+from services.payments.entrypoints.dispute_http import router as dispute_router
 from services.payments.entrypoints.kolable_http import router as kolable_router
 from services.payments.entrypoints.wallet_http import router as wallet_router
 
@@ -67,6 +68,7 @@ def create_app(payments: Any | None) -> FastAPI:
         c.stats["duplicates" if outcome.duplicate else "stored"] += 1
         return JSONResponse(outcome.as_response())
 
+    app.include_router(dispute_router)
     app.include_router(kolable_router)
     app.include_router(wallet_router)
     return app
