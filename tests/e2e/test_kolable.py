@@ -301,3 +301,31 @@ async def test_import_is_for_the_importer_and_unreadable_files_store_nothing(cli
     r = await import_file(client, stack, body, "image/png")
     assert r.status_code == 422
     assert await stream_events(stack.pg_dsn, [f"kolable-F{t}-1"]) == []
+
+
+async def test_the_reconciler_marks_results_and_the_order_view_shows_them(client: PlatformClient,
+                                                                         stack: Any) -> None:
+    t = tag()
+    oid = f"M{t}-1"
+    await import_file(client, stack, to_csv([row(oid, f"stu-{t}", status="refunded",
+                                                 refunded_at="2025-05-14T15:00:00+08:00")]))
+    payments = stack.url("payments")
+    url = f"{payments}/kolable/orders/{oid}/marks"
+    note = {"note": "學員表示課綱升級後不想上,已退刷 (refund reason confirmed with the student on LINE)"}
+    before = await stream_events(stack.pg_dsn, [f"kolable-{oid}"])
+    for who in (APPROVER, IMPORTER):
+        denied = await client.http.post(url, json=note, headers=who)
+        assert denied.status_code == 403 and denied.json()["error"]["code"] == "forbidden"
+    empty = await client.http.post(url, json={"note": ""}, headers=RECONCILER)
+    assert empty.status_code == 422 and "note" in empty.text
+    assert await stream_events(stack.pg_dsn, [f"kolable-{oid}"]) == before
+    unknown = await client.http.post(f"{payments}/kolable/orders/nope-{t}/marks", json=note, headers=RECONCILER)
+    assert unknown.status_code == 404
+
+    ok = await client.http.post(url, json=note, headers=RECONCILER)
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["mark"]["status_at_mark"] == "refunded_no_rebuy" and ok.json()["mark"]["actor"] == "huber"
+    view = (await client.http.get(f"{payments}/kolable/orders/{oid}")).json()
+    assert view["status"] == "refunded_no_rebuy" and view["marks"][0]["note"] == note["note"]
+    assert view["export_row"]["order_id"] == oid and view["classification"]["next_step_zh"].startswith("Huber")
+    assert (await client.http.get(f"{payments}/kolable/orders/nope-{t}")).status_code == 404

@@ -52,7 +52,7 @@ from services.payments.domain.kolable import (
     scorecard,
 )
 from services.payments.domain.kolable.classify import OrderRecord, PaymentFact, facts_from_row
-from services.payments.domain.kolable.decisions import DECIDE_ROLES, IMPORT_ROLES, check_role
+from services.payments.domain.kolable.decisions import DECIDE_ROLES, IMPORT_ROLES, MARK_ROLES, check_role
 from services.payments.domain.kolable.events import IMPORT_STREAM_CATEGORY
 from services.payments.domain.kolable.provider import STUDENT_KEY, belongs_to_kolable, provider_inputs
 from services.payments.domain.upstream_events import UpstreamFact
@@ -292,6 +292,20 @@ class KolableService:
             "decision_in_force": d.model_dump(mode="json") if (d := order.decision_in_force) else None,
             "version": order.version,
         }
+
+    async def mark(self, order_id: str, note: str, ctx: CommandContext) -> dict[str, Any]:
+        """The reconciler marks a result on an order (Huber 補原因 / 標記核對結果); an event each."""
+        check_role(ctx.role, MARK_ROLES, "mark reconciliation results")
+
+        async def fn(uow: UnitOfWork) -> dict[str, Any]:
+            order = await uow.get(KolableOrder, order_id)
+            order.mark(note, actor=ctx.actor, role=ctx.role, at=self.clock())
+            latest = order.marks[-1]
+            return {"order_id": order.id, "status": order.status.value if order.status else None,
+                    "mark": {"note": latest.note, "status_at_mark": latest.status_at_mark.value,
+                             "actor": latest.actor, "at": latest.at.isoformat()}, "marks": len(order.marks)}
+
+        return (await execute(self.store, ctx, "kolable-mark", fn)).response
 
     # --- decisions ------------------------------------------------------------------------
 

@@ -78,6 +78,21 @@ async def kolable_order(order_id: OrderId, request: Request) -> dict[str, Any]:
     return await _service(request).order_view(order_id)
 
 
+class MarkRequest(BaseModel):
+    """The reconciler's note on an order, e.g. the refund reason (Huber 補原因)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    note: Annotated[str, Field(min_length=1, max_length=2000)]
+
+
+@router.post("/orders/{order_id}/marks", responses={403: {"description": "the actor's role is not reconciler"},
+                                                    404: {"description": "no such Kolable order"}})
+async def mark_order(order_id: OrderId, body: MarkRequest, request: Request, ctx: Ctx) -> dict[str, Any]:
+    """Mark a reconciliation result on an order (reconciler role only); every mark is an event."""
+    return await _service(request).mark(order_id, body.note, ctx)
+
+
 @router.post("/refund-decisions", responses={403: {"description": "the actor's role is not approver"}})
 async def refund_decision(body: DecisionRequest, request: Request, ctx: Ctx) -> dict[str, Any]:
     """Record the approver's decision (pursue, close or escalate) on an order, with its reason."""
