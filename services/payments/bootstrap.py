@@ -30,7 +30,9 @@ from libs.settings import ServiceSettings
 from services.payments.application.disputes import DisputesService
 from services.payments.application.kolable import KolableService
 from services.payments.application.service import PaymentsService, reaction_context
+from services.payments.application.transactions import TransactionsService
 from services.payments.application.upstream import UpstreamIngestor
+from services.payments.application.vouchers import VouchersService
 from services.payments.application.wallets import WalletsService
 from services.payments.domain.policy import parse_policies
 from services.payments.domain.upstream import MalformedEvent
@@ -83,6 +85,8 @@ class PaymentsContainer:
     reactions: Reactions
     stats: dict[str, int]
     wallets: WalletsService
+    transactions: TransactionsService
+    vouchers: VouchersService
 
 
 def build_broker(settings: PaymentsSettings, ingestor: UpstreamIngestor, stats: dict[str, int],
@@ -156,7 +160,10 @@ async def start(settings: PaymentsSettings) -> PaymentsContainer:
     stats = {"stored": 0, "duplicates": 0, "malformed": 0}
     broker = build_broker(settings, ingestor, stats, consumer)
     await broker.start()
-    return PaymentsContainer(settings, store, broker, ingestor, service, consumer, reactions, stats, wallets)
+    transactions = TransactionsService(store, service.policies, wallets.policy, utcnow, service.publish_contract)
+    vouchers = VouchersService(store, wallets.policy, utcnow)
+    return PaymentsContainer(settings, store, broker, ingestor, service, consumer, reactions, stats, wallets,
+                             transactions, vouchers)
 
 
 async def main() -> None:

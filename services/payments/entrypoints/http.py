@@ -16,6 +16,8 @@ from services.payments.domain.upstream import MalformedEvent
 from services.payments.domain.upstream_events import ReceivedVia
 from services.payments.entrypoints.dispute_http import router as dispute_router
 from services.payments.entrypoints.kolable_http import router as kolable_router
+from services.payments.entrypoints.transaction_http import router as transaction_router
+from services.payments.entrypoints.voucher_http import router as voucher_router
 from services.payments.entrypoints.wallet_http import router as wallet_router
 
 WEBHOOK_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -71,4 +73,6 @@ def create_app(payments: Any | None) -> FastAPI:
     app.include_router(dispute_router)
     app.include_router(kolable_router)
     app.include_router(wallet_router)
+    app.include_router(transaction_router)
+    app.include_router(voucher_router)
     return app
