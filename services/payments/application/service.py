@@ -21,6 +21,7 @@ from libs.eventstore import EventStore
 from services.orders.domain import events as orders_ev
 from services.payments.application.contract import CONTRACT_CATEGORY, contract_events
 from services.payments.application.disputes import apply_disputes
+from services.payments.application.reservations import follow_reservation
 from services.payments.domain import events as ev
 from services.payments.domain.policy import CancellationPolicy, policy_by_version, policy_in_force
 from services.payments.domain.transaction import Transaction
@@ -125,6 +126,7 @@ class PaymentsService:
                                   seconds_before_service_start=event.seconds_before_service_start,
                                   policy=policy_by_version(self.policies, txn.policy_version), at=at,
                                   merchant_id=await self._merchant_of(uow.conn, event.order_id))
+                await follow_reservation(uow, txn)  # an unpaid order's reserved voucher and balance go back
                 if self.return_refunds is not None and not txn.refunds_held:  # held: returned on release
                     await self.return_refunds(uow, txn, plan, at)
                 self._issue_compensation_vouchers(uow, txn, at)
@@ -207,6 +209,7 @@ class PaymentsService:
             await self._park(uow, fact_event_id, order_id, "transaction not opened yet")
             return "parked: transaction not opened yet"
         outcome = self._apply_fact(txn, fact)
+        await follow_reservation(uow, txn)  # a charge of the remainder redeems the voucher, captures the hold
         await self.publish_contract(uow, txn)
         return outcome
 
@@ -223,9 +226,23 @@ class PaymentsService:
                 assert fact.amount is not None
                 tender = ev.Tender(kind=ev.TenderKind.THIRD_PARTY, amount=fact.amount, reference=reference)
                 if txn.status is ev.TransactionStatus.UNPAID:
+                    # A reservation stays as it is until the order's cancellation at the deadline releases it.
                     if txn.payment_deadline is not None and fact.occurred_at >= txn.payment_deadline:
                         txn.record_payment_to_return(tender, "paid after the payment deadline", fact.occurred_at)
                         return "to return: paid after the payment deadline"
+                    # Reserved voucher / balance: the card pays exactly the remainder; otherwise the whole
+                    # prepayment. Any other amount is returned (never captured in part, never dropped), and
+                    # the reservation stays: the customer may still pay the right amount before the deadline.
+                    reserved = txn.reservation
+                    assert txn.estimated_total is not None
+                    due = reserved.remainder if reserved is not None else txn.estimated_total
+                    if fact.amount != due:
+                        what = "the remainder left by the reserved tenders" if reserved else "the prepayment"
+                        txn.record_payment_to_return(tender, f"{fact.amount} is not {what} {due}", fact.occurred_at)
+                        return f"to return: {fact.amount} is not {what} {due}"
+                    if reserved is not None:
+                        txn.capture_reserved_prepayment(tender, at=fact.occurred_at)
+                        return "prepayment captured with the reserved tenders"
                     txn.capture_prepayment([tender], at=fact.occurred_at)
                     return "prepayment captured"
                 if txn.status is ev.TransactionStatus.BILLED and txn.settlement is None:

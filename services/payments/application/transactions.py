@@ -10,12 +10,15 @@ orders service reacts to appended with the Transaction events (application/contr
 refused command stores nothing.
 
 Design choices (see also domain/checkout.py):
-- Prepay with vouchers and balance is all or nothing. When they cover the prepayment, the voucher
-  is bound and redeemed, the wallet debited and the prepayment captured in one transaction. When
-  a third-party remainder is left nothing is applied and the answer says so: the prepayment is
-  then paid whole at the cashier. The upstream charge path (service.py) captures a charge as the
-  whole prepayment, so a voucher or balance part next to a card part would leave the charge
-  unapplied; a cashier attempt for the prepayment must therefore be for the whole amount.
+- Prepay with vouchers and balance. When they cover the prepayment, the voucher is bound and
+  redeemed, the wallet debited and the prepayment captured in one transaction. When a
+  third-party remainder is left, by default nothing is applied and the answer says so (the
+  prepayment is then paid whole at the cashier). With `allow_remainder` the voucher is bound and
+  the balance held instead (a reservation, application/reservations.py) and the remainder is
+  paid at the cashier: an attempt is then for exactly the remainder, and the provider's charge of
+  it (service.py) captures the prepayment with every tender at once. The reservation survives an
+  abandoned attempt and ends with `cancel_reservation` or the order's cancellation (deadline).
+  Without a reservation an attempt on an unpaid order is for the whole prepayment.
 - A shortfall paid by a third party is collected by the provider's charge (cashier attempt, then
   the signed webhook or `payments.upstream`): only that path has the provider's evidence that the
   money arrived. `settle` takes `member_balance` and `cash`, and refuses `third_party` naming the path.
@@ -44,6 +47,7 @@ from libs.domain.money import Money
 from libs.eventstore import EventStore
 from services.orders.domain.events import OrderPlaced
 from services.orders.domain.order import Order
+from services.payments.application.reservations import follow_reservation, reserve
 from services.payments.application.vouchers import load_customer_vouchers
 from services.payments.application.wallets import wallet_view
 from services.payments.domain import events as ev
@@ -129,6 +133,7 @@ def transaction_view(txn: Transaction, merchant_id: str | None) -> dict[str, Any
         "payment_deadline": txn.payment_deadline.isoformat() if txn.payment_deadline else None,
         "prepaid_tenders": [_dump(t) for t in txn.prepaid_tenders],
         "prepaid_at": txn.prepaid_at.isoformat() if txn.prepaid_at else None,
+        "reservation": _reservation_view(txn.reservation),
         "open_attempt": {"attempt_id": txn.attempt.attempt_id, "bill_id": txn.attempt.bill_id,
                          "amount": _dump(txn.attempt.amount), "method": txn.attempt.method,
                          "at": txn.attempt.at.isoformat()} if txn.attempt else None,
@@ -149,6 +154,14 @@ def transaction_view(txn: Transaction, merchant_id: str | None) -> dict[str, Any
         "held_refunds": [{"source": h.source.value, "amount": _dump(h.amount), "dispute_ids": list(h.dispute_ids),
                           "refunds": [_dump(r) for r in h.refunds]} for h in txn.held_refunds],
     }
+
+
+def _reservation_view(r: ev.TransactionPrepaymentReserved | None) -> dict[str, Any] | None:
+    if r is None:
+        return None
+    return {"tenders": [_dump(t) for t in r.tenders], "reserved": _dump(r.reserved), "remainder": _dump(r.remainder),
+            "payment_deadline": r.payment_deadline.isoformat() if r.payment_deadline else None,
+            "at": r.at.isoformat()}
 
 
 async def merchant_of(conn: asyncpg.Connection, order_id: str) -> str | None:
@@ -227,12 +240,14 @@ class TransactionsService:
         return await self._query(fn)
 
     async def prepay_preview(self, order_id: str, *, use_vouchers: bool, use_balance: bool,
-                             voucher_id: str | None) -> dict[str, Any]:
+                             voucher_id: str | None, allow_remainder: bool = False) -> dict[str, Any]:
         """What `prepay` would do now: the voucher it would bind, the balance it would take, the remainder."""
         async def fn(uow: UnitOfWork) -> dict[str, Any]:
             txn = await uow.get(Transaction, order_id)
-            plan, _ = await self._prepay_plan(uow, txn, use_vouchers, use_balance, voucher_id, self.clock())
-            return {"order_id": order_id, "status": txn.status.value if txn.status else None, "plan": _dump(plan)}
+            plan, _ = await self._prepay_plan(uow, txn, use_vouchers, use_balance, voucher_id, self.clock(),
+                                              allow_remainder)
+            return {"order_id": order_id, "status": txn.status.value if txn.status else None, "plan": _dump(plan),
+                    "reservation": _reservation_view(txn.reservation)}
 
         return await self._query(fn)
 
@@ -248,12 +263,13 @@ class TransactionsService:
             require_party(ctx.role, ctx.actor, action="pay this order", roles=PAYER_ROLES,
                           customer_id=txn.customer_id)
             assert txn.estimated_total is not None
-            if (txn.status is S.UNPAID and amount.currency == txn.currency and amount.amount > 0
-                    and amount != txn.estimated_total):
-                # The charge path captures a third-party payment as the whole prepayment (module doc).
+            if (txn.status is S.UNPAID and txn.reservation is None and amount.currency == txn.currency
+                    and amount.amount > 0 and amount != txn.estimated_total):
+                # Without a reservation the charge path captures a card payment as the whole prepayment.
                 raise RuleViolation("amount", f"must be the whole prepayment {txn.estimated_total}: a third-party "
-                                              "payment pays the prepayment in full (vouchers and the member "
-                                              "balance pay it through POST /payments/{order}/prepay)")
+                                              "payment pays the prepayment in full, or the remainder left by "
+                                              "vouchers and the member balance reserved through "
+                                              "POST /payments/{order}/prepay with allow_remainder")
             with _state_named(txn, "a payment attempt"):
                 txn.start_attempt(attempt, amount, method.value, at)
             await self.publish_contract(uow, txn)
@@ -279,7 +295,8 @@ class TransactionsService:
 
     # --- prepayment with a voucher and the member balance -------------------------------------------
     async def _prepay_plan(self, uow: UnitOfWork, txn: Transaction, use_vouchers: bool, use_balance: bool,
-                           voucher_id: str | None, at: datetime) -> tuple[PrepaymentPlan, str]:
+                           voucher_id: str | None, at: datetime,
+                           allow_remainder: bool = False) -> tuple[PrepaymentPlan, str]:
         """The prepayment plan, and the order's product line it was made for."""
         if "capture_prepayment" not in txn.allowed_commands():
             raise _refused(txn, "capture_prepayment", "paying the prepayment")
@@ -293,21 +310,46 @@ class TransactionsService:
         return plan_prepayment(txn.estimated_total, customer_id=txn.customer_id, product_line=line, at=at,
                                vouchers=vouchers, wallet=wallet if wallet.exists else None,
                                wallet_policy=self.wallet_policy, use_vouchers=use_vouchers, use_balance=use_balance,
-                               voucher_id=voucher_id, balance_reference=prepayment_reference(txn.id)), line
+                               voucher_id=voucher_id, balance_reference=prepayment_reference(txn.id),
+                               allow_remainder=allow_remainder), line
 
     async def prepay(self, order_id: str, *, use_vouchers: bool, use_balance: bool, voucher_id: str | None,
-                     ctx: CommandContext) -> CommandResult:
+                     ctx: CommandContext, allow_remainder: bool = False) -> CommandResult:
         """Pay the whole prepayment with a voucher (bound automatically unless named) and the member
-        balance, in one transaction; refused, with nothing applied, when they do not cover it."""
+        balance, in one transaction; when they do not cover it, refused with nothing applied, or with
+        `allow_remainder` reserved (voucher bound, balance held) with the remainder due by card."""
         async def fn(uow: UnitOfWork) -> dict[str, Any]:
             at = self.clock()
             txn = await uow.get(Transaction, order_id, check_version=True)
             require_party(ctx.role, ctx.actor, action="pay this order", roles=PAYER_ROLES,
                           customer_id=txn.customer_id)
-            plan, product_line = await self._prepay_plan(uow, txn, use_vouchers, use_balance, voucher_id, at)
+            if txn.reservation is not None:
+                r = txn.reservation
+                raise Conflict(f"order {order_id}: {r.reserved} of the prepayment is already reserved; pay the "
+                               f"remainder {r.remainder} at the cashier (POST /payments/{{order}}/attempts), or "
+                               "cancel the reservation (POST /payments/{order}/prepay/cancel)",
+                               reservation=_reservation_view(r))
+            plan, product_line = await self._prepay_plan(uow, txn, use_vouchers, use_balance, voucher_id, at,
+                                                         allow_remainder)
             if txn.attempt is not None:
                 raise Conflict(f"order {order_id}: payment attempt {txn.attempt.attempt_id} is open at the cashier; "
                                "abandon it before paying another way", current_attempt_id=txn.attempt.attempt_id)
+            if not plan.covered and allow_remainder:
+                if not plan.tenders:
+                    raise RuleViolation("prepayment", f"no voucher and no member balance can be reserved for the "
+                                                      f"prepayment {plan.prepayment}; pay it whole at the cashier "
+                                                      "(POST /payments/{order}/attempts). Nothing was reserved")
+                remainder = await reserve(uow, txn, plan, product_line=product_line,
+                                          wallet_policy=self.wallet_policy, at=at)
+                await self.publish_contract(uow, txn)
+                assert txn.customer_id is not None
+                wallet = await uow.load(Wallet, txn.customer_id)
+                return {"order_id": order_id, "captured": False, "reserved": True, "plan": _dump(plan),
+                        "remainder": _dump(remainder),
+                        "next": f"POST /payments/{order_id}/attempts with amount {remainder.amount} "
+                                f"{remainder.currency}; the provider's charge of it captures the prepayment",
+                        "wallet": wallet_view(wallet) if wallet.exists else None,
+                        "transaction": transaction_view(txn, await merchant_of(uow.conn, order_id))}
             if not plan.covered:
                 covered = plan.prepayment - plan.remainder
                 raise RuleViolation("prepayment", f"the voucher and the member balance cover {covered} of the "
@@ -327,11 +369,32 @@ class TransactionsService:
                 wallet.debit(plan.member_balance, order_id, prepayment_reference(order_id), at, self.wallet_policy)
             txn.capture_prepayment(plan.tenders, at=at)
             await self.publish_contract(uow, txn)
-            return {"order_id": order_id, "captured": True, "plan": _dump(plan),
+            return {"order_id": order_id, "captured": True, "reserved": False, "plan": _dump(plan),
                     "wallet": wallet_view(wallet) if wallet.exists else None,
                     "transaction": transaction_view(txn, await merchant_of(uow.conn, order_id))}
 
         return await execute(self.store, ctx, f"payments:{order_id}:prepay", fn)
+
+    async def cancel_reservation(self, order_id: str, reason: str | None, ctx: CommandContext) -> CommandResult:
+        """The customer cancels the reservation of a prepayment paid partly by card: the voucher binding
+        and the wallet hold are released (usable again); the order stays 待預付."""
+        async def fn(uow: UnitOfWork) -> dict[str, Any]:
+            at = self.clock()
+            txn = await uow.get(Transaction, order_id, check_version=True)
+            require_party(ctx.role, ctx.actor, action="cancel this order's prepayment reservation",
+                          roles=PAYER_ROLES, customer_id=txn.customer_id)
+            released = txn.reservation
+            with _state_named(txn, "cancelling a prepayment reservation"):
+                txn.release_reservation(reason or f"cancelled by {ctx.role} {ctx.actor}", at)
+            assert released is not None and txn.customer_id is not None
+            await follow_reservation(uow, txn)
+            await self.publish_contract(uow, txn)
+            wallet = await uow.load(Wallet, txn.customer_id)
+            return {"order_id": order_id, "released": _reservation_view(released),
+                    "wallet": wallet_view(wallet) if wallet.exists else None,
+                    "transaction": transaction_view(txn, await merchant_of(uow.conn, order_id))}
+
+        return await execute(self.store, ctx, f"payments:{order_id}:prepay:cancel", fn)
 
     # --- settlement -------------------------------------------------------------------------------
     async def settle(self, order_id: str, method: ev.TenderKind, reference: str | None,

@@ -21,6 +21,7 @@ def wallet_view(wallet: Wallet) -> dict[str, Any]:
     b = wallet.balance
     return {"customer_id": wallet.id, "is_member": wallet.is_member, "paid_in": b.paid_in.model_dump(),
             "bonus": b.bonus.model_dump(), "total": b.total.model_dump(),
+            "held": wallet.held.model_dump(),  # set aside for reserved prepayments, not in the total
             "version": wallet.version + len(wallet.pending)}
 
 

@@ -3,11 +3,13 @@
 - `plan_prepayment`: which tenders pay an order's prepayment without the cashier (seed 二, 三.3):
   one voucher, bound automatically by the configured preference (or the one the customer picked),
   then the member balance, in the deduction priority voucher > member balance > third party.
-  The plan is all or nothing: it is `covered` when the voucher and the balance pay the whole
-  prepayment; otherwise the remainder is named and nothing is applied, because the prepayment is
-  captured in one piece (Transaction.capture_prepayment) and the upstream charge path captures a
-  third-party payment only as the whole prepayment. So a voucher is never left bound, nor a
-  wallet debited, for a prepayment that is not captured in the same transaction.
+  The plan is `covered` when the voucher and the balance pay the whole prepayment (captured at
+  once). Otherwise the remainder is named, and either nothing is applied (the default: the
+  prepayment is then paid whole at the cashier) or, with `allow_remainder`, the voucher and the
+  balance are reserved (Transaction.reserve_prepayment: voucher bound, balance held) and the
+  remainder is paid by card at the cashier; the provider's charge of the remainder captures the
+  prepayment with every tender in one transaction. Either way the prepayment is captured in one
+  piece, and reserved + remainder = prepayment.
 - `collection_options`: which methods can collect a settlement's shortfall now (seed 三.1, 四):
   the member balance only for a member whose balance covers it, cash, online third party.
 - `require_party`: who may run a payment command (the order's customer or merchant, or the
@@ -109,7 +111,7 @@ class PrepaymentPlan(_Value):
 def plan_prepayment(prepayment: Money, *, customer_id: str, product_line: str, at: datetime,
                     vouchers: Sequence[Voucher], wallet: Wallet | None, wallet_policy: WalletPolicy,
                     use_vouchers: bool, use_balance: bool, voucher_id: str | None = None,
-                    balance_reference: str) -> PrepaymentPlan:
+                    balance_reference: str, allow_remainder: bool = False) -> PrepaymentPlan:
     """Pay `prepayment` with one voucher and/or the member balance, deduction order voucher > balance.
 
     The voucher is the customer's `voucher_id`, or the best of `vouchers` by the policy's binding
@@ -117,7 +119,8 @@ def plan_prepayment(prepayment: Money, *, customer_id: str, product_line: str, a
     bound without the balance, so it need not be combinable with it; otherwise, when the balance
     is used, only a voucher combinable with the balance is chosen (seed 二.1). The balance counts
     only for a member (a wallet with a top-up, seed 三.1). RuleViolation when nothing is asked for
-    or the named voucher cannot be used.
+    or the named voucher cannot be used. `allow_remainder` only changes what the explanation says
+    of a remainder: it is reserved for a card instead of refused.
     """
     if prepayment.amount <= 0:
         raise RuleViolation("prepayment", "there is no prepayment to pay")
@@ -197,6 +200,11 @@ def plan_prepayment(prepayment: Money, *, customer_id: str, product_line: str, a
         tenders.append(Tender(kind=TenderKind.MEMBER_BALANCE, amount=from_balance, reference=balance_reference))
     if covered:
         lines.append("covered: " + " + ".join(f"{t.kind.value} {t.amount}" for t in tenders))
+    elif allow_remainder and tenders:
+        lines.append(f"{remainder} is left for a third-party payment: "
+                     + " + ".join(f"{t.kind.value} {t.amount}" for t in tenders)
+                     + f" reserved (voucher bound, balance held); pay exactly {remainder} at the cashier before "
+                       "the payment deadline, or cancel the reservation")
     else:
         lines.append(f"{remainder} is left for a third-party payment: nothing is applied; pay the whole "
                      f"prepayment {prepayment} at the cashier, or top up the balance")

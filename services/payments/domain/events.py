@@ -16,6 +16,8 @@ order; see transaction.py). The application layer derives the contract events fr
                                          merchant's cash confirmation; then
     TransactionCashConfirmed          -> BillSettled (tenders/refunded/collected from the
                                          TransactionSettled, settled_at = the confirmation)
+    TransactionPrepaymentReserved,    -> nothing: the order stays 待預付 until the card pays the
+    TransactionReservationReleased       remainder and the prepayment is captured
 
 Every event names its order and, where there is one, the bill it is about (`bill_id` is
 None only while the order has no bill, e.g. an order placed without prepayment).
@@ -462,6 +464,58 @@ class TransactionPrepaymentCaptured(TransactionStreamEvent):
 
     @model_validator(mode="after")
     def _tenders_add_up(self) -> TransactionPrepaymentCaptured:
+        _check_tenders(self.tenders, self.amount, "amount")
+        return self
+
+
+# What a reservation may hold: the platform's own tenders, never a card or cash.
+RESERVABLE_KINDS = frozenset({TenderKind.VOUCHER, TenderKind.MEMBER_BALANCE})
+
+
+class TransactionPrepaymentReserved(TransactionStreamEvent):
+    """Part of the prepayment is reserved on a voucher (bound, not redeemed) and the member balance
+    (held, not debited); the `remainder` is due by a third-party payment at the cashier. The
+    provider's charge of exactly the remainder before the payment deadline captures the prepayment
+    with these tenders and the card (TransactionPrepaymentCaptured); a cancellation of the order or
+    of the reservation releases them (TransactionReservationReleased).
+    Conservation: reserved = the sum of `tenders`, reserved + remainder = amount, both positive."""
+
+    bill_id: Id
+    amount: Money = Field(description="the whole prepayment")
+    tenders: Annotated[list[Tender], Field(min_length=1, description="voucher then member balance, reserved")]
+    reserved: Money = Field(description="the sum of `tenders`")
+    remainder: Money = Field(description="due by a third-party payment (the cashier) before the deadline")
+    payment_deadline: AwareDatetime | None = Field(default=None, description="the order's payment deadline: "
+                                                                             "the reservation ends with the order")
+    at: AwareDatetime
+
+    @model_validator(mode="after")
+    def _conserved(self) -> TransactionPrepaymentReserved:
+        _check_tenders(self.tenders, self.reserved, "reserved")
+        if any(t.kind not in RESERVABLE_KINDS for t in self.tenders):
+            raise ValueError("only vouchers and the member balance are reserved; a card pays the remainder")
+        for name, value in (("reserved", self.reserved), ("remainder", self.remainder)):
+            if value.currency != self.amount.currency:
+                raise ValueError(f"{name}.currency must be {self.amount.currency}, the prepayment currency")
+            if value.amount <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.reserved.amount + self.remainder.amount != self.amount.amount:
+            raise ValueError("reserved + remainder must equal the prepayment")
+        return self
+
+
+class TransactionReservationReleased(TransactionStreamEvent):
+    """The reservation ended without a capture (the order was cancelled, e.g. at its payment deadline,
+    or the customer cancelled the reservation): the voucher binding and the wallet hold go back."""
+
+    bill_id: Id
+    tenders: Annotated[list[Tender], Field(min_length=1)]
+    amount: Money = Field(description="the sum of `tenders`")
+    reason: Annotated[str, Field(min_length=1, max_length=500)]
+    at: AwareDatetime
+
+    @model_validator(mode="after")
+    def _sum(self) -> TransactionReservationReleased:
         _check_tenders(self.tenders, self.amount, "amount")
         return self
 

@@ -28,6 +28,16 @@ instead of refused; they run when the last open dispute closes
 already returned the disputed money to the customer, so it is set against the card refunds
 still owed: the customer is never paid back twice. Refusing instead would lose the
 cancellation: the consumer of orders.events skips an event the domain refuses.
+
+A prepayment paid partly by card. `reserve_prepayment` reserves a voucher and/or the member
+balance for part of the prepayment (TransactionPrepaymentReserved; the state stays unpaid, the
+order 待預付) and leaves the remainder to the cashier: an attempt is then for exactly the
+remainder, and the provider's charge of the remainder before the deadline captures the
+prepayment with every tender at once (`capture_reserved_prepayment` -> one
+TransactionPrepaymentCaptured with the reserved tenders and the card). An abandoned attempt
+keeps the reservation; `release_reservation` (the customer) or the order's cancellation (e.g.
+at its payment deadline) releases it (TransactionReservationReleased). Reserved + remainder =
+prepayment at every step; while a reservation is open no other capture can leave it out.
 """
 
 from __future__ import annotations
@@ -41,6 +51,7 @@ from libs.domain.errors import Conflict, NotFound, RuleViolation
 from libs.domain.events import DomainEvent
 from libs.domain.money import Money
 from services.payments.domain.events import (
+    RESERVABLE_KINDS,
     STREAM_CATEGORY,
     TRANSACTION_LABELS_ZH,
     CancellationPlan,
@@ -63,10 +74,12 @@ from services.payments.domain.events import (
     TransactionPaymentAttempted,
     TransactionPaymentToReturn,
     TransactionPrepaymentCaptured,
+    TransactionPrepaymentReserved,
     TransactionRefunded,
     TransactionRefundsFrozen,
     TransactionRefundsHeld,
     TransactionRefundsUnfrozen,
+    TransactionReservationReleased,
     TransactionSettled,
     TransactionStatus,
     TransactionVoided,
@@ -104,6 +117,8 @@ TRANSACTION_TRANSITIONS: Mapping[StrEnum, Mapping[str, StrEnum | None]] = {
         "start_attempt": None,
         "fail_attempt": None,
         "capture_prepayment": S.PREPAID,
+        "reserve_prepayment": None,
+        "release_reservation": None,
         "bill": S.BILLED,
         "cancel": S.VOIDED,
     },
@@ -149,6 +164,9 @@ class Transaction(Aggregate):
         self.abandoned_attempts: list[str] = []
         self.prepaid_tenders: list[Tender] = []
         self.prepaid_at: datetime | None = None
+        self.reservation: TransactionPrepaymentReserved | None = None  # reserved, not yet captured or released
+        self.captured_reservation: TransactionPrepaymentReserved | None = None  # the one the capture took
+        self.released_reservations: list[TransactionReservationReleased] = []
         self.bill_id: str | None = None
         self.bill_revision: int | None = None
         self.bill_total: Money | None = None
@@ -296,6 +314,9 @@ class Transaction(Aggregate):
                 raise RuleViolation("payment_deadline", f"passed at {self.payment_deadline.isoformat()}")
             if not 0 < amount.amount <= self.estimated_total.amount:
                 raise RuleViolation("amount", f"must be positive and at most the prepayment {self.estimated_total}")
+            if self.reservation is not None and amount != self.reservation.remainder:
+                raise RuleViolation("amount", f"must be the remainder {self.reservation.remainder}: "
+                                              f"{self.reservation.reserved} of the prepayment is reserved")
             bill_id = self.prepayment_bill_id
         else:
             shortfall = self.preview_settlement().shortfall
@@ -343,11 +364,84 @@ class Transaction(Aggregate):
             if tender.kind is TenderKind.CASH:
                 raise RuleViolation(f"tenders[{i}].kind",
                                     "cash cannot prepay; the merchant confirms cash at settlement")
+        if self.reservation is not None and any(t not in tenders for t in self.reservation.tenders):
+            # Otherwise the voucher would stay bound and the balance held for a prepayment paid another way.
+            raise RuleViolation("tenders", f"{self.reservation.reserved} of the prepayment is reserved "
+                                           "(voucher / member balance): capture it with the card remainder, "
+                                           "or release the reservation first")
         paid = Money(amount=sum(t.amount.amount for t in tenders), currency=self.currency)
         if paid != self.estimated_total:
             raise RuleViolation("tenders", f"add up to {paid}, not the prepayment {self.estimated_total}")
         self._record(TransactionPrepaymentCaptured(order_id=self.id, bill_id=bill, amount=paid,
                                                    tenders=list(tenders), at=at))
+
+    def reserve_prepayment(self, tenders: Sequence[Tender], *, at: datetime) -> Money:
+        """Reserve vouchers and/or the member balance for part of the prepayment (未支付 stays);
+        returns the remainder, due by a third-party payment at the cashier before the deadline.
+
+        The tenders are the platform's own (voucher, member balance), positive, and together less
+        than the prepayment: when they cover it, it is captured instead. One reservation at a time,
+        and none while a cashier attempt is open (it is for the whole prepayment)."""
+        self._check("reserve_prepayment")
+        assert self.estimated_total is not None
+        if self.prepayment_bill_id is None:
+            raise RuleViolation("bill_id", "this order has no prepayment bill")
+        if self.reservation is not None:
+            raise Conflict(f"transaction {self.id}: {self.reservation.reserved} of the prepayment is already "
+                           f"reserved; {self.reservation.remainder} is due by card",
+                           remainder=str(self.reservation.remainder))
+        if self.attempt is not None:
+            raise Conflict(f"transaction {self.id}: attempt {self.attempt.attempt_id} is still open",
+                           current_attempt_id=self.attempt.attempt_id)
+        if self.payment_deadline is not None and at >= self.payment_deadline:
+            raise RuleViolation("deadline", f"the payment deadline {self.payment_deadline.isoformat()} has passed")
+        if not tenders:
+            raise RuleViolation("tenders", "reserve at least one voucher or member-balance tender")
+        check_tenders(tenders, self.currency, "tenders")
+        for i, tender in enumerate(tenders):
+            if tender.kind not in RESERVABLE_KINDS:
+                raise RuleViolation(f"tenders[{i}].kind", "only vouchers and the member balance are reserved; "
+                                                          "a card pays the remainder at the cashier")
+        reserved = Money(amount=sum(t.amount.amount for t in tenders), currency=self.currency)
+        if reserved.amount >= self.estimated_total.amount:
+            raise RuleViolation("tenders", f"add up to {reserved}, which pays the whole prepayment "
+                                           f"{self.estimated_total}: capture it instead")
+        remainder = self.estimated_total - reserved
+        self._record(TransactionPrepaymentReserved(
+            order_id=self.id, bill_id=self.prepayment_bill_id, amount=self.estimated_total, tenders=list(tenders),
+            reserved=reserved, remainder=remainder, payment_deadline=self.payment_deadline, at=at))
+        return remainder
+
+    def capture_reserved_prepayment(self, payment: Tender, *, at: datetime) -> None:
+        """The provider's charge paid the remainder: the prepayment is captured with the reserved
+        tenders and the card, in one event (未支付 -> 已預付). Before the deadline, exactly the remainder."""
+        self._check("capture_prepayment")
+        if self.reservation is None:
+            raise Conflict(f"transaction {self.id}: nothing is reserved; the prepayment is captured whole")
+        if payment.kind is not TenderKind.THIRD_PARTY:
+            raise RuleViolation("payment.kind", "the remainder is paid by a third-party payment")
+        if payment.amount != self.reservation.remainder:
+            raise RuleViolation("payment.amount", f"must be the remainder {self.reservation.remainder}, "
+                                                  f"not {payment.amount}")
+        self.capture_prepayment([*self.reservation.tenders, payment], at=at)
+
+    def release_reservation(self, reason: str, at: datetime) -> None:
+        """The customer cancelled the reservation: the voucher binding and the wallet hold go back
+        (未支付 stays). Refused while a cashier attempt for the remainder is open: abandon it first,
+        so that a charge for the remainder never arrives after its reservation is gone."""
+        self._check("release_reservation")
+        if self.reservation is None:
+            raise Conflict(f"transaction {self.id}: nothing is reserved")
+        if self.attempt is not None:
+            raise Conflict(f"transaction {self.id}: attempt {self.attempt.attempt_id} for the remainder is open; "
+                           "abandon it first", current_attempt_id=self.attempt.attempt_id)
+        self._release_reservation(reason, at)
+
+    def _release_reservation(self, reason: str, at: datetime) -> None:
+        assert self.reservation is not None
+        r = self.reservation
+        self._record(TransactionReservationReleased(order_id=self.id, bill_id=r.bill_id, tenders=list(r.tenders),
+                                                    amount=r.reserved, reason=reason, at=at))
 
     def bill(self, bill_id: str, revision: int, total: Money, at: datetime) -> None:
         """The customer confirmed the merchant's bill and it was submitted (報單): 已出賬, settlement pending."""
@@ -435,6 +529,8 @@ class Transaction(Aggregate):
             self._record(TransactionRefunded(order_id=self.id, bill_id=bill, plan=plan, reason_code=reason_code,
                                              at=at))
         else:
+            if self.reservation is not None:  # nothing was captured: the reserved tenders go back
+                self._release_reservation(f"the order was cancelled ({reason_code})", at)
             self._record(TransactionVoided(order_id=self.id, bill_id=bill, plan=plan, reason_code=reason_code, at=at))
         self._refunds_owed(RefundSource.CANCELLATION, plan.refunds, at)
         assert self.customer_id is not None
@@ -524,8 +620,14 @@ class Transaction(Aggregate):
                 self.abandoned_attempts.append(event.attempt_id)
             case TransactionPrepaymentCaptured():
                 self.prepaid_tenders, self.prepaid_at = list(event.tenders), event.at
+                self.captured_reservation, self.reservation = self.reservation, None
                 self.attempt = None
                 self.status = S.PREPAID
+            case TransactionPrepaymentReserved():
+                self.reservation = event
+            case TransactionReservationReleased():
+                self.reservation = None
+                self.released_reservations.append(event)
             case TransactionBilled():
                 self.bill_id, self.bill_revision, self.bill_total = event.bill_id, event.revision, event.total
                 self.status = S.BILLED

@@ -11,6 +11,12 @@ A customer tops up paid-in money and receives a bonus by the policy's tiers ("to
 Every debit records how much it took from each bucket, so a refund puts money back into
 exactly the buckets it came from (seed 五: 原路退回, along the original path).
 
+A hold sets money aside for an order whose prepayment is reserved, not yet captured (a
+voucher and the balance now, the card remainder at the cashier): `hold` takes it out of the
+buckets like a debit, so it cannot be spent twice, but it is not spent. `capture_hold` makes
+it the order's debit (refundable like any other), `release_hold` puts it back into exactly
+the buckets it came from. Held money is not in the balance and cannot be withdrawn.
+
 The policy (versioned TOML, `parse_wallet_policy`) holds the top-up tiers, the order in
 which a debit draws on the buckets, and the voucher binding preference (seed 二).
 """
@@ -38,9 +44,12 @@ __all__ = [
     "Bucket",
     "TopUpTier",
     "Wallet",
+    "WalletAmountHeld",
     "WalletBalance",
     "WalletDebited",
     "WalletEvent",
+    "WalletHoldCaptured",
+    "WalletHoldReleased",
     "WalletOpened",
     "WalletPaidInWithdrawn",
     "WalletPolicy",
@@ -223,6 +232,48 @@ class WalletDebited(WalletEvent):
     at: AwareDatetime
 
 
+class WalletAmountHeld(WalletEvent):
+    """Money is set aside for an order's reserved prepayment: out of the buckets (split as a debit
+    would take it), not spent until the hold is captured or released."""
+
+    order_id: Id
+    reference: Reference = Field(description="the hold's key with the order; the debit's once captured")
+    amount: Money
+    from_paid_in: Money
+    from_bonus: Money
+    spend_order: list[Bucket]
+    policy_version: Annotated[str, Field(min_length=1, max_length=64)]
+    balance_after: WalletBalance
+    at: AwareDatetime
+
+
+class WalletHoldCaptured(WalletEvent):
+    """The held money paid the order: the hold is now the order's debit (refundable along its split).
+    The balance does not change: the money left the buckets when it was held."""
+
+    order_id: Id
+    reference: Reference
+    amount: Money
+    from_paid_in: Money
+    from_bonus: Money
+    balance_after: WalletBalance
+    at: AwareDatetime
+
+
+class WalletHoldReleased(WalletEvent):
+    """The hold ended without payment (the reservation or the order was cancelled): the money is back
+    in the buckets it came from."""
+
+    order_id: Id
+    reference: Reference
+    amount: Money
+    to_paid_in: Money
+    to_bonus: Money
+    reason: Annotated[str, Field(min_length=1, max_length=500)]
+    balance_after: WalletBalance
+    at: AwareDatetime
+
+
 class WalletRefundCredited(WalletEvent):
     """Money of a debit came back (order cancelled or refunded), into the buckets it came from."""
 
@@ -278,6 +329,20 @@ class _Debit:
         return self.amount - self.refunded_paid_in - self.refunded_bonus
 
 
+class _HoldState(StrEnum):
+    HELD = "held"
+    CAPTURED = "captured"
+    RELEASED = "released"
+
+
+@dataclass(slots=True)
+class _Hold:
+    amount: int
+    from_paid_in: int
+    from_bonus: int
+    state: _HoldState = _HoldState.HELD
+
+
 @dataclass(frozen=True, slots=True)
 class _Keyed:
     """An operation kept for idempotency: what it was about and its amount."""
@@ -305,12 +370,14 @@ class Wallet(Aggregate):
         self.debits: dict[tuple[str, str], _Debit] = {}
         self.refunds: dict[str, _Keyed] = {}
         self.withdrawals: dict[str, _Keyed] = {}
+        self.holds: dict[tuple[str, str], _Hold] = {}  # (order_id, reference) -> the latest hold
 
     # --- queries ------------------------------------------------------------------------
 
     def allowed_commands(self) -> list[str]:
         """Every command once the wallet is open; none before."""
-        return ["credit_refund", "debit", "top_up", "withdraw_paid_in"] if self.currency else []
+        return ["capture_hold", "credit_refund", "debit", "hold", "release_hold", "top_up",
+                "withdraw_paid_in"] if self.currency else []
 
     def _money(self, amount: int) -> Money:
         assert self.currency is not None
@@ -322,6 +389,17 @@ class Wallet(Aggregate):
         self._require_open()
         return WalletBalance(paid_in=self._money(self.paid_in), bonus=self._money(self.bonus),
                              total=self._money(self.paid_in + self.bonus))
+
+    @property
+    def held(self) -> Money:
+        """Money set aside by holds not yet captured or released (not part of the balance)."""
+        self._require_open()
+        return self._money(sum(h.amount for h in self.holds.values() if h.state is _HoldState.HELD))
+
+    def holding(self, order_id: str, reference: str) -> Money | None:
+        """The amount of an open hold, or None."""
+        hold = self.holds.get((order_id, reference))
+        return self._money(hold.amount) if hold is not None and hold.state is _HoldState.HELD else None
 
     @property
     def is_member(self) -> bool:
@@ -447,6 +525,67 @@ class Wallet(Aggregate):
             policy_version=policy.version,
             balance_after=self._after(-split.paid_in.amount, -split.bonus.amount), at=at))
 
+    def hold(self, amount: Money, order_id: str, reference: str, at: datetime, policy: WalletPolicy) -> None:
+        """Set `amount` aside for an order, split over the buckets in the policy's spend order.
+
+        Idempotent per (order_id, reference) while the hold is open: the same hold again changes
+        nothing, another amount is a Conflict. A released hold may be held again (a new reservation);
+        a captured one, or a key already debited, is a Conflict.
+        """
+        self._require_open()
+        key = (order_id, reference)
+        existing = self.holds.get(key)
+        if existing is not None and existing.state is _HoldState.HELD:
+            if existing.amount != amount.amount or amount.currency != self.currency:
+                raise Conflict(f"hold {reference!r} of order {order_id} is open for {self._money(existing.amount)}, "
+                               f"not {amount}", reference=reference)
+            return
+        if key in self.debits:
+            raise Conflict(f"{reference!r} of order {order_id} is already debited", reference=reference)
+        self._require_amount("amount", amount)
+        self._require_funds(amount)
+        split = self._split(amount.amount, policy.spend_order)
+        self._record(WalletAmountHeld(
+            customer_id=self.id, order_id=order_id, reference=reference, amount=amount,
+            from_paid_in=split.paid_in, from_bonus=split.bonus, spend_order=list(policy.spend_order),
+            policy_version=policy.version,
+            balance_after=self._after(-split.paid_in.amount, -split.bonus.amount), at=at))
+
+    def _hold(self, order_id: str, reference: str) -> _Hold:
+        self._require_open()
+        hold = self.holds.get((order_id, reference))
+        if hold is None:
+            raise RuleViolation("reference", f"no hold {reference!r} for order {order_id} in this wallet")
+        return hold
+
+    def capture_hold(self, order_id: str, reference: str, at: datetime) -> None:
+        """The held money pays the order: the hold becomes its debit (same key, same split). Repeating it
+        changes nothing; a released hold cannot be captured."""
+        hold = self._hold(order_id, reference)
+        if hold.state is _HoldState.CAPTURED:
+            return
+        if hold.state is _HoldState.RELEASED:
+            raise Conflict(f"hold {reference!r} of order {order_id} was released; nothing to capture",
+                           reference=reference)
+        self._record(WalletHoldCaptured(
+            customer_id=self.id, order_id=order_id, reference=reference, amount=self._money(hold.amount),
+            from_paid_in=self._money(hold.from_paid_in), from_bonus=self._money(hold.from_bonus),
+            balance_after=self._after(0, 0), at=at))
+
+    def release_hold(self, order_id: str, reference: str, reason: str, at: datetime) -> None:
+        """Put the held money back into the buckets it came from. Repeating it changes nothing; a
+        captured hold is the order's debit now (refund it with `credit_refund`)."""
+        hold = self._hold(order_id, reference)
+        if hold.state is _HoldState.RELEASED:
+            return
+        if hold.state is _HoldState.CAPTURED:
+            raise Conflict(f"hold {reference!r} of order {order_id} was captured: refund it instead",
+                           reference=reference)
+        self._record(WalletHoldReleased(
+            customer_id=self.id, order_id=order_id, reference=reference, amount=self._money(hold.amount),
+            to_paid_in=self._money(hold.from_paid_in), to_bonus=self._money(hold.from_bonus), reason=reason,
+            balance_after=self._after(hold.from_paid_in, hold.from_bonus), at=at))
+
     def credit_refund(self, amount: Money, order_id: str, original_debit_reference: str, at: datetime, *,
                       reference: str | None = None) -> None:
         """Return money of one debit to the buckets it came from.
@@ -528,6 +667,21 @@ class Wallet(Aggregate):
                     from_bonus=event.from_bonus.amount)
                 self.paid_in -= event.from_paid_in.amount
                 self.bonus -= event.from_bonus.amount
+            case WalletAmountHeld():
+                self.holds[(event.order_id, event.reference)] = _Hold(
+                    amount=event.amount.amount, from_paid_in=event.from_paid_in.amount,
+                    from_bonus=event.from_bonus.amount)
+                self.paid_in -= event.from_paid_in.amount
+                self.bonus -= event.from_bonus.amount
+            case WalletHoldCaptured():
+                self.holds[(event.order_id, event.reference)].state = _HoldState.CAPTURED
+                self.debits[(event.order_id, event.reference)] = _Debit(
+                    amount=event.amount.amount, from_paid_in=event.from_paid_in.amount,
+                    from_bonus=event.from_bonus.amount)
+            case WalletHoldReleased():
+                self.holds[(event.order_id, event.reference)].state = _HoldState.RELEASED
+                self.paid_in += event.to_paid_in.amount
+                self.bonus += event.to_bonus.amount
             case WalletRefundCredited():
                 debit = self.debits[(event.order_id, event.debit_reference)]
                 debit.refunded_paid_in += event.to_paid_in.amount

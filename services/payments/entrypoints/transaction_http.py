@@ -37,7 +37,8 @@ class _Body(BaseModel):
 
 class StartAttempt(_Body):
     attempt_id: Id | None = Field(default=None, description="the cashier session's id; generated when omitted")
-    amount: Money = Field(description="the whole prepayment (unpaid), or the bill's shortfall (billed)")
+    amount: Money = Field(description="the whole prepayment (unpaid), the remainder of a reserved prepayment, or "
+                                      "the bill's shortfall (billed)")
     method: CashierMethod
 
 
@@ -68,6 +69,15 @@ class Prepay(_Body):
     use_vouchers: bool = Field(default=False, description="bind the best voucher by the configured preference")
     use_balance: bool = Field(default=False, description="pay what the voucher leaves from the member balance")
     voucher_id: Id | None = Field(default=None, description="the customer's own choice of voucher (no auto-binding)")
+    allow_remainder: bool = Field(default=False, description=(
+        "when the voucher and the balance do not cover the prepayment, reserve them (voucher bound, balance held) "
+        "and pay the remainder by card at the cashier (POST /payments/{order}/attempts for exactly the remainder); "
+        "otherwise nothing is applied (422)"))
+
+
+class CancelReservation(_Body):
+    reason: Annotated[str, Field(min_length=1, max_length=300)] | None = Field(
+        default=None, description="why the reservation is cancelled (kept with the release)")
 
 
 def respond(response: Response, result: CommandResult) -> dict[str, Any]:
@@ -127,18 +137,28 @@ async def cancellation_preview(
 @router.get("/prepay-preview", responses={404: COMMAND_RESPONSES[404], 409: COMMAND_RESPONSES[409],
                                           422: COMMAND_RESPONSES[422]})
 async def prepay_preview(order_id: OrderId, request: Request, use_vouchers: bool = False, use_balance: bool = False,
-                         voucher_id: Annotated[Id | None, Query()] = None) -> dict[str, Any]:
+                         voucher_id: Annotated[Id | None, Query()] = None,
+                         allow_remainder: bool = False) -> dict[str, Any]:
     """The voucher `prepay` would bind, the balance it would take and any third-party remainder; no events."""
     return await _svc(request).prepay_preview(order_id, use_vouchers=use_vouchers, use_balance=use_balance,
-                                              voucher_id=voucher_id)
+                                              voucher_id=voucher_id, allow_remainder=allow_remainder)
 
 
 @router.post("/prepay", responses=COMMAND_RESPONSES)
 async def prepay(order_id: OrderId, body: Prepay, ctx: Ctx, request: Request, response: Response) -> dict[str, Any]:
-    """Pay the whole prepayment with the best voucher and the member balance at once, or nothing (422)."""
+    """Pay the prepayment with the best voucher and the member balance: all at once, or nothing (422), or with
+    allow_remainder reserve them and leave the remainder to the card at the cashier."""
     return respond(response, await _svc(request).prepay(order_id, use_vouchers=body.use_vouchers,
                                                         use_balance=body.use_balance, voucher_id=body.voucher_id,
-                                                        ctx=ctx))
+                                                        ctx=ctx, allow_remainder=body.allow_remainder))
+
+
+@router.post("/prepay/cancel", responses=COMMAND_RESPONSES)
+async def cancel_reservation(order_id: OrderId, ctx: Ctx, request: Request, response: Response,
+                             body: CancelReservation | None = None) -> dict[str, Any]:
+    """Cancel a reserved prepayment: the voucher binding and the wallet hold are released; the order stays 待預付."""
+    return respond(response, await _svc(request).cancel_reservation(order_id, (body or CancelReservation()).reason,
+                                                                    ctx))
 
 
 @router.post("/settle", responses=COMMAND_RESPONSES)

@@ -104,7 +104,8 @@ CANCEL_EARLY: dict[str, Any] = {"fault_party": "customer", "seconds_before_servi
                                 "reason_code": "customer_request", "policy": POLICY, "at": SOON}
 
 
-def transaction_in(state: str, *, attempt: bool = False, dispute: str | None = None) -> Transaction:
+def transaction_in(state: str, *, attempt: bool = False, dispute: str | None = None,
+                   reserved: bool = False) -> Transaction:
     """A transaction driven through the command path to `state`, saved (no pending events).
 
     `state` is a TransactionStatus value, or `billed_awaiting_cash` (settled in cash, not yet
@@ -125,6 +126,8 @@ def transaction_in(state: str, *, attempt: bool = False, dispute: str | None = N
         tx.confirm_cash(MERCHANT, SERVICE_END)
     if state in ("refunded", "voided"):
         tx.cancel(**CANCEL_EARLY)
+    if reserved:  # unpaid: the voucher and the balance of PREPAID reserved, the card part due at the cashier
+        tx.reserve_prepayment(PREPAID[:2], at=SOON)
     if attempt:
         due = ESTIMATE if tx.status.value == "unpaid" else tx.preview_settlement().shortfall
         tx.start_attempt("att-1", due, "credit_card", SOON)

@@ -19,6 +19,7 @@ TRANSACTION_EVENTS = [c for _, c in inspect.getmembers(pay, inspect.isclass)
 def test_the_transaction_events() -> None:
     assert {c.__name__ for c in TRANSACTION_EVENTS} == {
         "TransactionOpened", "TransactionPaymentAttempted", "TransactionAttemptAbandoned",
+        "TransactionPrepaymentReserved", "TransactionReservationReleased",
         "TransactionPrepaymentCaptured", "TransactionBilled", "TransactionSettled", "TransactionCashConfirmed",
         "TransactionRefunded", "TransactionVoided", "CompensationVoucherGranted", "MerchantCompensationGranted",
         "MerchantFaultRecorded", "TransactionRefundsFrozen", "TransactionRefundsUnfrozen", "TransactionPaymentToReturn",

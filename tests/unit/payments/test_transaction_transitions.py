@@ -34,7 +34,8 @@ DISPUTES = ["freeze_refunds", "record_chargeback", "unfreeze_refunds"]
 
 # The specification, written out here rather than read from the module under test.
 EXPECTED_ALLOWED: dict[str, list[str]] = {
-    "unpaid": ["bill", "cancel", "capture_prepayment", "fail_attempt", "start_attempt"],
+    "unpaid": ["bill", "cancel", "capture_prepayment", "fail_attempt", "release_reservation", "reserve_prepayment",
+               "start_attempt"],
     "prepaid": ["bill", "cancel", "freeze_refunds", "record_chargeback", "unfreeze_refunds"],
     "billed": ["fail_attempt", "freeze_refunds", "record_chargeback", "settle", "start_attempt", "unfreeze_refunds"],
     AWAITING_CASH: ["confirm_cash", *DISPUTES],
@@ -57,6 +58,8 @@ COMMANDS: dict[str, Callable[[Transaction], object]] = {
     "start_attempt": lambda t: t.start_attempt("att-2", _due(t), "credit_card", SOON),
     "fail_attempt": lambda t: t.fail_attempt(t.attempt.attempt_id if t.attempt else "att-1", "abandoned", SOON),
     "capture_prepayment": lambda t: t.capture_prepayment(PREPAID, at=SOON),
+    "reserve_prepayment": lambda t: t.reserve_prepayment(PREPAID[:2], at=SOON),  # voucher + balance, not the card
+    "release_reservation": lambda t: t.release_reservation("the customer cancelled it", SOON),
     "bill": lambda t: t.bill(FINAL_BILL, 1, BILL_TOTAL, SERVICE_END),
     "settle": lambda t: t.settle(method="third_party", reference="pi_2", at=SERVICE_END),
     "confirm_cash": lambda t: t.confirm_cash(MERCHANT, SERVICE_END),
@@ -68,11 +71,14 @@ COMMANDS: dict[str, Callable[[Transaction], object]] = {
 
 # What a command needs before it can record its event (not part of the state).
 NEEDS = {"fail_attempt": {"attempt": True}, "unfreeze_refunds": {"dispute": "dp_0"}}
+NEEDS["release_reservation"] = {"reserved": True}
 
 ALLOWED_TRANSITIONS = [
     ("unpaid", "start_attempt", S.UNPAID, [ev.TransactionPaymentAttempted]),
     ("unpaid", "fail_attempt", S.UNPAID, [ev.TransactionAttemptAbandoned]),
     ("unpaid", "capture_prepayment", S.PREPAID, [ev.TransactionPrepaymentCaptured]),
+    ("unpaid", "reserve_prepayment", S.UNPAID, [ev.TransactionPrepaymentReserved]),
+    ("unpaid", "release_reservation", S.UNPAID, [ev.TransactionReservationReleased]),
     ("unpaid", "bill", S.BILLED, [ev.TransactionBilled]),
     ("unpaid", "cancel", S.VOIDED, [ev.TransactionVoided]),
     ("prepaid", "bill", S.BILLED, [ev.TransactionBilled]),

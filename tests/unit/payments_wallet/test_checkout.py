@@ -105,6 +105,17 @@ def test_a_balance_short_of_the_rest_leaves_a_remainder_and_the_plan_is_not_cove
     assert p.prepayment == p.remainder + p.member_balance + p.voucher.value
 
 
+def test_with_allow_remainder_the_same_plan_reserves_the_tenders_and_leaves_the_rest_to_the_card() -> None:
+    strict = plan(wallet=funded_wallet(50000))
+    p = plan_prepayment(ORDER_AMOUNT, customer_id=CUSTOMER, product_line=LINE, at=NOW, vouchers=vouchers(),
+                        wallet=funded_wallet(50000), wallet_policy=POLICY, use_vouchers=True, use_balance=True,
+                        balance_reference="prepay-o-1", allow_remainder=True)
+    assert p.model_dump(exclude={"explanation"}) == strict.model_dump(exclude={"explanation"})  # the same tenders
+    assert not p.covered and p.remainder == twd(45000)
+    assert "reserved" in p.explanation[-1] and "pay exactly TWD" in p.explanation[-1]
+    assert "nothing is applied" in strict.explanation[-1]
+
+
 def test_the_balance_alone_pays_when_vouchers_are_not_asked_for() -> None:
     p = plan(wallet=funded_wallet(300000), use_vouchers=False)
     assert p.covered and p.voucher is None

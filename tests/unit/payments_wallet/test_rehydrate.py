@@ -43,6 +43,13 @@ def wallet_story() -> Aggregate:
     wallet.credit_refund(twd(50000), "o-2", "pay-2", NOW)
     wallet.withdraw_paid_in("tu-2", twd(40000), "wd-1", NOW)
     assert wallet.balance.total == twd(450000 - 120000 - 50000 + 110000 - 40000 - 4000)
+    wallet.hold(twd(30000), "o-3", "prepay-o-3", NOW, POLICY)  # reserved, then captured and partly refunded
+    wallet.capture_hold("o-3", "prepay-o-3", NOW)
+    wallet.credit_refund(twd(10000), "o-3", "prepay-o-3", NOW)
+    wallet.hold(twd(20000), "o-4", "prepay-o-4", NOW, BONUS_FIRST)  # reserved, then released
+    wallet.release_hold("o-4", "prepay-o-4", "reservation cancelled", NOW)
+    wallet.hold(twd(5000), "o-4", "prepay-o-4", NOW, POLICY)  # reserved again, still held
+    assert wallet.balance.total == twd(346000 - 30000 + 10000 - 5000) and wallet.held == twd(5000)
     return wallet
 
 
@@ -101,7 +108,8 @@ VOUCHER_EVENTS = concrete_events(voucher_module)
 
 def test_the_modules_define_the_expected_events() -> None:
     assert {c.__name__ for c in WALLET_EVENTS} == {
-        "WalletOpened", "WalletToppedUp", "WalletDebited", "WalletRefundCredited", "WalletPaidInWithdrawn"}
+        "WalletOpened", "WalletToppedUp", "WalletDebited", "WalletRefundCredited", "WalletPaidInWithdrawn",
+        "WalletAmountHeld", "WalletHoldCaptured", "WalletHoldReleased"}
     assert {c.__name__ for c in VOUCHER_EVENTS} == {
         "VoucherIssued", "VoucherBound", "VoucherReleased", "VoucherRedeemed", "VoucherReturned",
         "VoucherExpired", "VoucherExtended"}

@@ -43,7 +43,8 @@ def test_open_records_the_currency_and_starts_empty() -> None:
     assert balances(wallet) == (0, 0, 0)
     assert wallet.is_member is False
     assert wallet.can_pay(twd(0)) and not wallet.can_pay(twd(1))
-    assert wallet.allowed_commands() == ["credit_refund", "debit", "top_up", "withdraw_paid_in"]
+    assert wallet.allowed_commands() == ["capture_hold", "credit_refund", "debit", "hold", "release_hold", "top_up",
+                                         "withdraw_paid_in"]
 
 
 def test_an_unopened_wallet_is_not_found_and_cannot_pay() -> None:
