@@ -6,6 +6,7 @@ from __future__ import annotations
 from services.orders.domain import events as _orders_events  # noqa: F401  (registers models)
 from services.payments.domain import dispute as _dispute  # noqa: F401
 from services.payments.domain import events as _payments_events  # noqa: F401
+from services.payments.domain import refund as _refund  # noqa: F401
 from services.payments.domain import upstream_events as _upstream_events  # noqa: F401
 from services.payments.domain import voucher as _voucher  # noqa: F401
 from services.payments.domain import wallet as _wallet  # noqa: F401
@@ -28,6 +29,7 @@ STREAM_TOPICS: dict[str, str] = {
     "wallet": PAYMENTS_EVENTS,
     "voucher": PAYMENTS_EVENTS,
     "dispute": PAYMENTS_EVENTS,
+    "refund": PAYMENTS_EVENTS,
     "merchant": PAYMENTS_EVENTS,
     "kolable": PAYMENTS_EVENTS,
     "kolable_import": PAYMENTS_EVENTS,

@@ -79,6 +79,9 @@ class UnitOfWork:
         self.ctx = ctx
         self._tracked: dict[str, Aggregate] = {}
         self.appended: list[AppendResult] = []
+        # Bookkeeping of application hooks within this unit of work (e.g. how many of an aggregate's
+        # pending events a hook has already handled, when it runs more than once).
+        self.notes: dict[Any, Any] = {}
 
     async def load(self, cls: type[A], aggregate_id: str) -> A:
         """The aggregate rebuilt from its stream (version 0 if the stream is empty)."""

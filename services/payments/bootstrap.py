@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +31,16 @@ from libs.runtime import serve, setup_logging
 from libs.settings import ServiceSettings
 from services.payments.application.disputes import DisputesService
 from services.payments.application.kolable import KolableService
+from services.payments.application.refunds import RefundsService
 from services.payments.application.service import PaymentsService, reaction_context
 from services.payments.application.transactions import TransactionsService
 from services.payments.application.upstream import UpstreamIngestor
 from services.payments.application.vouchers import VouchersService
 from services.payments.application.wallets import WalletsService
-from services.payments.domain.policy import parse_policies
+from services.payments.domain.policy import CancellationPolicy, parse_policies
 from services.payments.domain.upstream import MalformedEvent
 from services.payments.domain.upstream_events import ReceivedVia
-from services.payments.domain.wallet import parse_wallet_policy
+from services.payments.domain.wallet import WalletPolicy, parse_wallet_policy
 from services.registry import ORDERS_EVENTS, PAYMENTS_UPSTREAM, TOPICS
 
 log = logging.getLogger("closeloop.payments")
@@ -125,22 +128,29 @@ def build_broker(settings: PaymentsSettings, ingestor: UpstreamIngestor, stats: 
     return broker
 
 
-async def start(settings: PaymentsSettings) -> PaymentsContainer:
-    from services.orders.application.services import utcnow
+@dataclass
+class Services:
+    """The payments use cases wired together, without Kafka or HTTP (tests and benchmarks use it too)."""
 
-    store = await EventStore.connect(settings.database_url, min_size=settings.db_pool_min,
-                                     max_size=settings.db_pool_max)
-    await ensure_topics(settings.kafka_bootstrap_servers, TOPICS, partitions=settings.kafka_topic_partitions,
-                        replication=settings.kafka_replication_factor)
-    async with store.pool.acquire() as conn:
-        await migrate(conn, {"payments": MIGRATIONS})
-    service = PaymentsService(store, parse_policies(settings.cancellation_policy_path.read_text()), utcnow)
-    wallets = WalletsService(store, parse_wallet_policy(settings.wallet_policy_path.read_text()), utcnow,
-                             service.publish_contract)
-    service.return_refunds = wallets.return_refunds
-    service.kolable = KolableService(store, utcnow)
+    service: PaymentsService
+    wallets: WalletsService
+    ingestor: UpstreamIngestor
+    transactions: TransactionsService
+    vouchers: VouchersService
+
+
+def wire(store: EventStore, policies: list[CancellationPolicy], wallet_policy: WalletPolicy,
+         clock: Callable[[], datetime]) -> Services:
+    """Connect the payments use cases: every Transaction change runs through
+    `PaymentsService.publish_contract` (contract events, refund execution); dispute facts go to the
+    Dispute aggregate; Kolable orders' facts to the reconciliation; upstream facts are applied in
+    the ingestion's transaction, a refused one stays stored (a savepoint)."""
+    service = PaymentsService(store, policies, clock)
+    wallets = WalletsService(store, wallet_policy, clock, service.publish_contract)
+    service.refunds = RefundsService(store, clock)
+    service.kolable = KolableService(store, clock)
     # Dispute facts: the Dispute aggregate, its read model, refunds frozen / held / released.
-    service.on_dispute = DisputesService(store, service.policies, utcnow, wallets.return_refund_lines).on_fact
+    service.on_dispute = DisputesService(store, policies, clock, service.publish_contract).on_fact
 
     async def on_fact(conn: Any, fact: Any, fact_id: Any) -> str:
         ctx = reaction_context(correlation_id=fact.provider_event_id, causation_id=str(fact_id))
@@ -154,16 +164,30 @@ async def start(settings: PaymentsSettings) -> PaymentsContainer:
             log.warning("upstream fact %s not applied: %s", fact.provider_event_id, exc)
             return f"refused: {exc}"
 
-    ingestor = UpstreamIngestor(store, utcnow, on_fact)
+    return Services(service, wallets, UpstreamIngestor(store, clock, on_fact),
+                    TransactionsService(store, policies, wallet_policy, clock, service.publish_contract),
+                    VouchersService(store, wallet_policy, clock))
+
+
+async def start(settings: PaymentsSettings) -> PaymentsContainer:
+    from services.orders.application.services import utcnow
+
+    store = await EventStore.connect(settings.database_url, min_size=settings.db_pool_min,
+                                     max_size=settings.db_pool_max)
+    await ensure_topics(settings.kafka_bootstrap_servers, TOPICS, partitions=settings.kafka_topic_partitions,
+                        replication=settings.kafka_replication_factor)
+    async with store.pool.acquire() as conn:
+        await migrate(conn, {"payments": MIGRATIONS})
+    services = wire(store, parse_policies(settings.cancellation_policy_path.read_text()),
+                    parse_wallet_policy(settings.wallet_policy_path.read_text()), utcnow)
+    service, wallets, ingestor = services.service, services.wallets, services.ingestor
     reactions = Reactions(store, service.on_orders_event, actor="payments")
     consumer = EnvelopeBatchConsumer(store.pool, settings.instance_prefix + CONSUMER_GROUP, reactions.handle)
     stats = {"stored": 0, "duplicates": 0, "malformed": 0}
     broker = build_broker(settings, ingestor, stats, consumer)
     await broker.start()
-    transactions = TransactionsService(store, service.policies, wallets.policy, utcnow, service.publish_contract)
-    vouchers = VouchersService(store, wallets.policy, utcnow)
     return PaymentsContainer(settings, store, broker, ingestor, service, consumer, reactions, stats, wallets,
-                             transactions, vouchers)
+                             services.transactions, services.vouchers)
 
 
 async def main() -> None:

@@ -21,9 +21,9 @@ import pytest
 
 from libs.devstack.client import PlatformClient
 from libs.devstack.stripe import charge_succeeded, stripe_id
-from services.payments.domain.signature import sign
-from tests.e2e.conftest import WEBHOOK_SECRET
 from tests.e2e.test_order_flow import ADDRESS, order_body
+from tests.e2e.test_payments_commands import bill_and_confirm
+from tests.e2e.test_payments_flow import send
 
 pytestmark = pytest.mark.e2e
 
@@ -33,15 +33,6 @@ DUE_IN = 7 * 86400
 
 def uid() -> str:
     return uuid.uuid4().hex[:10]
-
-
-async def send(client: PlatformClient, stack: Any, event: dict[str, Any]) -> dict[str, Any]:
-    body = json.dumps(event).encode()
-    r = await client.http.post(f"{stack.url('payments')}/webhooks/stripe", content=body,
-                               headers={"Stripe-Signature": sign(body, WEBHOOK_SECRET, int(time.time())),
-                                        "Content-Type": "application/json"})
-    assert r.status_code == 200, r.text
-    return r.json()
 
 
 def dispute_event(type_: str, dispute_id: str, charge: dict[str, Any], *, status: str, amount: int | None = None,
@@ -283,12 +274,7 @@ async def test_the_evidence_packet_holds_every_section_the_deadline_and_the_poli
     due = int(time.time()) + DUE_IN
     await send(client, stack, dispute_event("charge.dispute.created", dp, charge, status="needs_response",
                                             due_by=due))
-    m = {"actor": merchant, "role": "merchant"}
-    await client.command(f"/orders/{order_id}/accept", {"merchant_id": merchant}, **m)
-    await client.command(f"/orders/{order_id}/start", {"merchant_id": merchant}, **m)
-    await client.command(f"/orders/{order_id}/bill", {"merchant_id": merchant, "actual_minutes": 90}, **m)
-    await client.command(f"/orders/{order_id}/bill/confirm", {"customer_id": customer, "revision": 1},
-                         actor=customer, role="customer")
+    await bill_and_confirm(client, order_id, customer, merchant, minutes=90)
     # The bill (TWD 900.00) is below the prepayment: it settles, the order completes, the excess waits.
     await client.wait_for_status(order_id, "completed", timeout=20)
     [held] = await until("excess held", lambda: tx_has(stack, order_id, "TransactionRefundsHeld"))

@@ -16,9 +16,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from libs.application.reactions import Reactions
-from libs.application.unit_of_work import UnitOfWork
 from libs.devstack.stripe import charge_succeeded, stripe_id
-from libs.domain.errors import DomainError
 from libs.domain.money import Money
 from libs.eventstore import EventStore, Metadata, NewEvent
 from libs.eventstore.migrate import migrate
@@ -33,11 +31,9 @@ from services.orders.domain.events import (
     Slot,
 )
 from services.orders.domain.order import Order
-from services.payments.application.disputes import DisputesService
-from services.payments.application.service import PaymentsService, reaction_context
+from services.payments.application.service import PaymentsService
 from services.payments.application.upstream import UpstreamIngestor
-from services.payments.application.wallets import WalletsService
-from services.payments.bootstrap import CONFIG_DIR, MIGRATIONS
+from services.payments.bootstrap import CONFIG_DIR, MIGRATIONS, wire
 from services.payments.domain.policy import parse_policies
 from services.payments.domain.upstream_events import ReceivedVia
 from services.payments.domain.wallet import parse_wallet_policy
@@ -54,24 +50,9 @@ async def payments(store: EventStore) -> tuple[PaymentsService, UpstreamIngestor
     """The payments service wired as services/payments/bootstrap.py wires it, without Kafka or HTTP."""
     async with store.pool.acquire() as conn:
         await migrate(conn, {"payments": MIGRATIONS})
-    service = PaymentsService(store, parse_policies((CONFIG_DIR / "cancellation_policy.toml").read_text()), utcnow)
-    wallets = WalletsService(store, parse_wallet_policy((CONFIG_DIR / "wallet_policy.toml").read_text()), utcnow,
-                             service.publish_contract)
-    service.return_refunds = wallets.return_refunds
-    service.on_dispute = DisputesService(store, service.policies, utcnow, wallets.return_refund_lines).on_fact
-
-    async def on_fact(conn: Any, fact: Any, fact_id: Any) -> str:
-        ctx = reaction_context(correlation_id=fact.provider_event_id, causation_id=str(fact_id))
-        try:
-            async with conn.transaction():
-                uow = UnitOfWork(store, conn, ctx)
-                outcome = await service.on_upstream_fact(uow, fact, fact_id)
-                await uow.flush()
-                return outcome
-        except DomainError as exc:
-            return f"refused: {exc}"
-
-    return service, UpstreamIngestor(store, utcnow, on_fact)
+    wired = wire(store, parse_policies((CONFIG_DIR / "cancellation_policy.toml").read_text()),
+                 parse_wallet_policy((CONFIG_DIR / "wallet_policy.toml").read_text()), utcnow)
+    return wired.service, wired.ingestor
 
 
 def dispute(type_: str, dispute_id: str, charge: dict[str, Any], status: str, amount: int) -> dict[str, Any]:

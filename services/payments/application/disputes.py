@@ -29,7 +29,7 @@ covers a dispute that arrived before the order's transaction existed.
 from __future__ import annotations
 
 import base64
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -71,7 +71,7 @@ from services.payments.domain.upstream_events import UpstreamDisputeFact
 
 __all__ = ["DisputesService", "apply_disputes", "dispute_row"]
 
-ReturnRefunds = Callable[[UnitOfWork, Transaction, Sequence[ev.Refund], datetime], Awaitable[None]]
+AfterChange = Callable[[UnitOfWork, Transaction], Awaitable[None]]
 AWAITING_EVIDENCE = (DisputeState.WARNING_NEEDS_RESPONSE.value, DisputeState.NEEDS_RESPONSE.value)
 
 
@@ -172,8 +172,9 @@ class DisputesService:
     store: EventStore
     policies: list[CancellationPolicy]
     clock: Callable[[], datetime]
-    # Returns the member-balance lines of released cancellation refunds to the wallet (set by the bootstrap).
-    return_refunds: ReturnRefunds | None = None
+    # Everything a Transaction change implies (contract events, refunds that run): set by the bootstrap
+    # to PaymentsService.publish_contract, so released refunds run like any other.
+    after_change: AfterChange | None = None
 
     # --- applying upstream facts -------------------------------------------------------------
     async def on_fact(self, uow: UnitOfWork, fact: UpstreamDisputeFact, order_id: str | None) -> str:
@@ -208,7 +209,8 @@ class DisputesService:
             return "; ".join(parts)
         at = self.clock()
         parts += await apply_disputes(uow, txn, at)
-        await self._return_released(uow, txn, at)
+        if self.after_change is not None:
+            await self.after_change(uow, txn)
         return "; ".join(parts)
 
     async def _save(self, uow: UnitOfWork, dispute: Dispute, provider_event_id: str) -> None:
@@ -243,16 +245,6 @@ class DisputesService:
             d.provider_amount.amount, d.provider_amount.currency.upper(), d.reason or "general", d.evidence_due_by,
             d.opened_at, d.closed_at, d.outcome.value if d.outcome else None, d.version,
             d.updated_at or d.opened_at)
-
-    async def _return_released(self, uow: UnitOfWork, txn: Transaction, at: datetime) -> None:
-        """Held cancellation refunds just released: the member-balance part goes back to the wallet now,
-        as an unheld cancellation does at once. (Card refunds and settlement excess are recorded as owed,
-        like every refund of that kind today; their execution with the provider is a later step.)"""
-        if self.return_refunds is None:
-            return
-        for e in txn.pending:
-            if isinstance(e, ev.TransactionHeldRefundsReleased) and e.source is ev.RefundSource.CANCELLATION:
-                await self.return_refunds(uow, txn, e.refunds, at)
 
     # --- queries ------------------------------------------------------------------------------
     async def search(self, *, state: DisputeState | None = None, overdue: bool | None = None,

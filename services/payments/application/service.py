@@ -21,15 +21,18 @@ from libs.eventstore import EventStore
 from services.orders.domain import events as orders_ev
 from services.payments.application.contract import CONTRACT_CATEGORY, contract_events
 from services.payments.application.disputes import apply_disputes
+from services.payments.application.refunds import RefundsService
 from services.payments.application.reservations import follow_reservation
 from services.payments.domain import events as ev
 from services.payments.domain.policy import CancellationPolicy, policy_by_version, policy_in_force
 from services.payments.domain.transaction import Transaction
 from services.payments.domain.upstream_events import (
+    UpstreamChargeRefunded,
     UpstreamChargeSucceeded,
     UpstreamDisputeFact,
     UpstreamFact,
     UpstreamPaymentFailed,
+    UpstreamRefundUpdated,
 )
 from services.payments.domain.voucher import CompensationGrant, Voucher, VoucherKind, VoucherTerms
 
@@ -64,8 +67,8 @@ class PaymentsService:
     policies: list[CancellationPolicy]
     clock: Callable[[], datetime]
     rejected: int = 0
-    # Returns the member-balance lines of a cancellation to the wallet (set by the bootstrap).
-    return_refunds: Callable[[UnitOfWork, Transaction, ev.CancellationPlan, datetime], Awaitable[None]] | None = None
+    # Runs the refunds a Transaction change decides (application/refunds.py; set by the bootstrap).
+    refunds: RefundsService | None = None
     # Dispute facts: (uow, fact, order id or None) -> outcome. Set by the bootstrap.
     on_dispute: Callable[[UnitOfWork, UpstreamDisputeFact, str | None], Awaitable[str]] | None = None
     # The Kolable course reconciliation (application/kolable.py), fed with its orders' facts.
@@ -73,10 +76,24 @@ class PaymentsService:
 
     # --- helpers --------------------------------------------------------------------------
     async def publish_contract(self, uow: UnitOfWork, txn: Transaction) -> None:
-        derived = contract_events(txn.pending, txn.settlement)
+        """Everything a Transaction change implies, in its database transaction: the contract events the
+        orders service consumes, and the refunds it decided (requested; member-balance ones credited).
+        Called after every change; when called several times in one unit of work (parked facts applied
+        one after another), each call handles only the events recorded since the previous call."""
+        key = ("transaction-change", txn.id)
+        seen = uow.notes.get(key, 0)
+        if seen > len(txn.pending):  # flushed meanwhile
+            seen = 0
+        new = txn.pending[seen:]
+        uow.notes[key] = len(txn.pending)
+        if not new:
+            return
+        derived = contract_events(new, txn.settlement)
         if derived:
             contract = await uow.load(PaymentContract, txn.id)
             contract.emit(derived)
+        if self.refunds is not None:
+            await self.refunds.after_change(uow, txn, len(new))
 
     async def _merchant_of(self, conn: asyncpg.Connection, order_id: str) -> str | None:
         return await conn.fetchval("SELECT merchant_id FROM payments_order_merchants WHERE order_id = $1", order_id)
@@ -122,13 +139,11 @@ class PaymentsService:
                 txn = await uow.get(Transaction, event.order_id)
                 await apply_disputes(uow, txn, at)
                 assert txn.policy_version is not None
-                plan = txn.cancel(fault_party=event.fault_party.value, reason_code=event.reason_code,
+                txn.cancel(fault_party=event.fault_party.value, reason_code=event.reason_code,
                                   seconds_before_service_start=event.seconds_before_service_start,
                                   policy=policy_by_version(self.policies, txn.policy_version), at=at,
                                   merchant_id=await self._merchant_of(uow.conn, event.order_id))
                 await follow_reservation(uow, txn)  # an unpaid order's reserved voucher and balance go back
-                if self.return_refunds is not None and not txn.refunds_held:  # held: returned on release
-                    await self.return_refunds(uow, txn, plan, at)
                 self._issue_compensation_vouchers(uow, txn, at)
                 await self.publish_contract(uow, txn)
             case _:
@@ -208,7 +223,10 @@ class PaymentsService:
         if not txn.exists:
             await self._park(uow, fact_event_id, order_id, "transaction not opened yet")
             return "parked: transaction not opened yet"
-        outcome = self._apply_fact(txn, fact)
+        if isinstance(fact, UpstreamRefundUpdated | UpstreamChargeRefunded) and self.refunds is not None:
+            outcome = await self.refunds.on_provider_refund(uow, txn, fact)
+        else:
+            outcome = self._apply_fact(txn, fact)
         await follow_reservation(uow, txn)  # a charge of the remainder redeems the voucher, captures the hold
         await self.publish_contract(uow, txn)
         return outcome

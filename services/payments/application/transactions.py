@@ -153,6 +153,13 @@ def transaction_view(txn: Transaction, merchant_id: str | None) -> dict[str, Any
         "open_disputes": sorted(txn.open_disputes), "refunds_frozen": txn.disputed,
         "held_refunds": [{"source": h.source.value, "amount": _dump(h.amount), "dispute_ids": list(h.dispute_ids),
                           "refunds": [_dump(r) for r in h.refunds]} for h in txn.held_refunds],
+        # What customer service may still refund (POST /payments/{order}/refunds); the refunds themselves
+        # and where each one is: GET /payments/{order}/refunds.
+        "refundable": _dump(txn.refundable()) if txn.status is not None else None,
+        "refunds_issued": [{"refund_request_id": e.refund_request_id, "amount": _dump(e.amount), "reason": e.reason,
+                            "at": e.at.isoformat()} for e in txn.issued_refunds],
+        "external_refunds": [{"provider_refund_id": e.provider_refund_id, "reference": e.reference,
+                              "amount": _dump(e.amount), "at": e.at.isoformat()} for e in txn.external_refunds],
     }
 
 

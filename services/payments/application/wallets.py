@@ -1,9 +1,9 @@
 """Member stored value (會員余額, 充X送Y): top-ups, the balance, paying an order's prepayment
-with it, and returning cancellation refunds to it along the original path."""
+with it. (Refunds of balance payments are credited back by application/refunds.py.)"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -72,17 +72,3 @@ class WalletsService:
                     "wallet": wallet_view(wallet)}
 
         return await execute(self.store, ctx, f"payments:{order_id}:prepay-balance", fn)
-
-    async def return_refunds(self, uow: UnitOfWork, txn: Transaction, plan: ev.CancellationPlan, at: datetime) -> None:
-        """The member-balance lines of a cancellation refund go back to the wallet they came from."""
-        await self.return_refund_lines(uow, txn, plan.refunds, at)
-
-    async def return_refund_lines(self, uow: UnitOfWork, txn: Transaction, refunds: Sequence[ev.Refund],
-                                  at: datetime) -> None:
-        """The member-balance lines among `refunds` (of a cancellation, possibly held during a dispute
-        and released later) go back to the wallet they came from."""
-        for refund in refunds:
-            if refund.kind is ev.TenderKind.MEMBER_BALANCE:
-                assert txn.customer_id is not None
-                wallet = await uow.get(Wallet, txn.customer_id)
-                wallet.credit_refund(refund.amount, txn.id, refund.reference, at, reference=f"refund-{txn.id}")

@@ -634,10 +634,13 @@ class TransactionRefundsUnfrozen(TransactionStreamEvent):
 
 
 class RefundSource(StrEnum):
-    """What owes a refund: a cancellation (its plan's refunds) or a settlement (the excess prepaid)."""
+    """What owes a refund: a cancellation (its plan's refunds), a settlement (the excess prepaid), money
+    that arrived but could not be taken (payment_to_return), or a refund customer service issued."""
 
     CANCELLATION = "cancellation"
     SETTLEMENT = "settlement"
+    PAYMENT_TO_RETURN = "payment_to_return"
+    ISSUED = "issued"
 
 
 class TransactionRefundsHeld(TransactionStreamEvent):
@@ -698,4 +701,33 @@ class TransactionPaymentToReturn(TransactionStreamEvent):
 
     tender: Tender
     reason: Annotated[str, Field(min_length=1, max_length=500)]
+    at: AwareDatetime
+
+
+class TransactionRefundIssued(TransactionStreamEvent):
+    """Customer service refunded part or all of what the order paid (a complaint, a goodwill gesture),
+    after settlement or cancellation: `refunds` go back along the original path (third party >
+    member balance), never more than a tender paid less what it already got back."""
+
+    refund_request_id: Id = Field(description="the request's id: the same request again issues nothing")
+    amount: Money
+    refunds: Annotated[list[Refund], Field(min_length=1)]
+    reason: Annotated[str, Field(min_length=1, max_length=500)]
+    at: AwareDatetime
+
+    @model_validator(mode="after")
+    def _sum(self) -> TransactionRefundIssued:
+        if self.amount != _sum((r.amount for r in self.refunds), self.amount.currency):
+            raise ValueError("amount must be the sum of the refunds")
+        return self
+
+
+class TransactionExternalRefund(TransactionStreamEvent):
+    """The payment provider reports a refund of one of the order's payments that closeloop did not
+    request (made in the provider's dashboard, say). Recorded so that the money that went back is
+    known, and never refunded again."""
+
+    provider_refund_id: Reference
+    reference: Reference = Field(description="the order's tender (payment) it refunded")
+    amount: Money
     at: AwareDatetime

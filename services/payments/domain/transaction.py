@@ -69,6 +69,7 @@ from services.payments.domain.events import (
     TransactionBilled,
     TransactionCashConfirmed,
     TransactionChargedBack,
+    TransactionExternalRefund,
     TransactionHeldRefundsReleased,
     TransactionOpened,
     TransactionPaymentAttempted,
@@ -76,6 +77,7 @@ from services.payments.domain.events import (
     TransactionPrepaymentCaptured,
     TransactionPrepaymentReserved,
     TransactionRefunded,
+    TransactionRefundIssued,
     TransactionRefundsFrozen,
     TransactionRefundsHeld,
     TransactionRefundsUnfrozen,
@@ -85,6 +87,7 @@ from services.payments.domain.events import (
     TransactionVoided,
 )
 from services.payments.domain.policy import CancellationPolicy
+from services.payments.domain.refund import plan_issued_refund
 from services.payments.domain.settlement import (
     check_tenders,
     choose_collection_method,
@@ -108,7 +111,10 @@ S = TransactionStatus
 # A dispute can only concern money that was captured, so freezing (and recording a lost
 # dispute's chargeback) is offered wherever a payment may exist; it changes no state.
 _DISPUTES: dict[str, StrEnum | None] = {"freeze_refunds": None, "unfreeze_refunds": None,
-                                        "record_chargeback": None}
+                                        "record_chargeback": None, "record_external_refund": None}
+# Customer service may refund what an order paid once the money side is decided: after settlement
+# (paid, confirmed) or after a cancellation that kept a penalty (refunded). It changes no state.
+_ISSUE: dict[str, StrEnum | None] = {"issue_refund": None}
 
 # command -> target state, per state; None = the state does not change. Opening is not here:
 # it creates the transaction. Typed with the base StrEnum because StateMachine takes any enum.
@@ -121,14 +127,15 @@ TRANSACTION_TRANSITIONS: Mapping[StrEnum, Mapping[str, StrEnum | None]] = {
         "release_reservation": None,
         "bill": S.BILLED,
         "cancel": S.VOIDED,
+        "record_external_refund": None,
     },
     S.PREPAID: {"bill": S.BILLED, "cancel": S.REFUNDED, **_DISPUTES},
     # settle -> paid; or, when cash collects the shortfall, billed until confirm_cash (below).
     S.BILLED: {"start_attempt": None, "fail_attempt": None, "settle": S.PAID, **_DISPUTES},
-    S.PAID: {**_DISPUTES},
-    S.CONFIRMED: {**_DISPUTES},
-    S.REFUNDED: {**_DISPUTES},
-    S.VOIDED: {},
+    S.PAID: {**_DISPUTES, **_ISSUE},
+    S.CONFIRMED: {**_DISPUTES, **_ISSUE},
+    S.REFUNDED: {**_DISPUTES, **_ISSUE},
+    S.VOIDED: {"record_external_refund": None},
 }
 
 # Billed, settled, and waiting for the merchant to confirm the cash: nothing else may happen.
@@ -182,6 +189,8 @@ class Transaction(Aggregate):
         self.chargebacks: list[TransactionChargedBack] = []
         self.chargeback_unapplied = 0  # minor units of chargebacks not yet set against refunds
         self.payments_to_return: list[TransactionPaymentToReturn] = []
+        self.issued_refunds: list[TransactionRefundIssued] = []
+        self.external_refunds: list[TransactionExternalRefund] = []
 
     # --- queries ------------------------------------------------------------------------
 
@@ -602,6 +611,93 @@ class Transaction(Aggregate):
         self._record(TransactionChargedBack(order_id=self.id, bill_id=self.bill_id or self.prepayment_bill_id,
                                             dispute_id=dispute_id, reference=reference, amount=amount, at=at))
 
+    # --- refunds customer service issues, and refunds the provider reports --------------
+
+    def money_tenders(self) -> list[Tender]:
+        """The money that pays for the order now: what paid the bill once settled, else the prepayment."""
+        tenders = list(self.settlement.tenders) if self.settlement is not None else list(self.prepaid_tenders)
+        return [t for t in tenders if t.kind.is_money]
+
+    def money_back(self) -> dict[tuple[TenderKind, str], int]:
+        """Per money tender (kind, reference), what has gone back to the customer: a cancellation's
+        refunds (held ones included: they are owed), refunds issued, refunds made at the provider, and
+        lost disputes' chargebacks not already set against a refund (the issuer returned that money).
+        A settlement's excess refunds concern prepaid money that did not pay the bill, so they are not
+        counted against the tenders that did."""
+        back: dict[tuple[TenderKind, str], int] = {}
+
+        def add(kind: TenderKind, reference: str, amount: int) -> None:
+            back[(kind, reference)] = back.get((kind, reference), 0) + amount
+
+        if self.cancellation is not None:
+            for r in self.cancellation.refunds:
+                add(r.kind, r.reference, r.amount.amount)
+        for issued in self.issued_refunds:
+            for r in issued.refunds:
+                add(r.kind, r.reference, r.amount.amount)
+        cards = {t.reference for t in self.money_tenders() if t.kind is TenderKind.THIRD_PARTY}
+        for ext in self.external_refunds:
+            if ext.reference in cards:
+                add(TenderKind.THIRD_PARTY, ext.reference, ext.amount.amount)
+        left = self.chargeback_unapplied
+        for t in self.money_tenders():
+            if left <= 0:
+                break
+            if t.kind is TenderKind.THIRD_PARTY:
+                part = min(left, max(t.amount.amount - back.get((t.kind, t.reference), 0), 0))
+                add(t.kind, t.reference, part)
+                left -= part
+        return back
+
+    def refundable(self) -> Money:
+        """What customer service may still refund: the money tenders less what went back."""
+        back = self.money_back()
+        return Money(amount=sum(max(t.amount.amount - back.get((t.kind, t.reference), 0), 0)
+                                for t in self.money_tenders()), currency=self.currency)
+
+    def issue_refund(self, request_id: str, amount: Money, reason: str, at: datetime) -> list[Refund]:
+        """Refund `amount` of what the order paid, back along the original path (third party > member
+        balance), never above what was paid online less what went back (seed 五, the safety rule).
+        Refused while a dispute is open (the card network decides where the money goes). The same
+        request id again changes nothing and returns its lines."""
+        for done in self.issued_refunds:
+            if done.refund_request_id == request_id:
+                if done.amount != amount:
+                    raise Conflict(f"refund request {request_id} was for {done.amount}, not {amount}",
+                                   refund_request_id=request_id)
+                return list(done.refunds)
+        self._check("issue_refund")
+        self._require_currency("amount", amount)
+        text = (reason or "").strip()
+        if not text:
+            raise RuleViolation("reason", "is required: say why the money goes back")
+        if self.disputed:
+            open_now = sorted(self.open_disputes)
+            raise Conflict(f"transaction {self.id}: refunds are frozen while dispute(s) {', '.join(open_now)} "
+                           "are open", open_disputes=open_now)
+        lines = plan_issued_refund(amount, self.money_tenders(), self.money_back())
+        self._record(TransactionRefundIssued(order_id=self.id, bill_id=self.bill_id or self.prepayment_bill_id,
+                                             refund_request_id=request_id, amount=amount, refunds=lines,
+                                             reason=text[:500], at=at))
+        return lines
+
+    def record_external_refund(self, provider_refund_id: str, payment_ids: Sequence[str], amount: Money,
+                               at: datetime) -> bool:
+        """The provider reports a refund closeloop did not ask for; record it once. False when it is
+        already recorded or concerns none of the order's payments."""
+        self._check("record_external_refund")
+        self._require_currency("amount", amount)
+        if any(e.provider_refund_id == provider_refund_id for e in self.external_refunds):
+            return False
+        ours = [t.reference for t in [*self.money_tenders(), *(p.tender for p in self.payments_to_return)]]
+        reference = next((p for p in payment_ids if p in ours), None)
+        if reference is None:
+            return False
+        self._record(TransactionExternalRefund(order_id=self.id, bill_id=self.bill_id or self.prepayment_bill_id,
+                                               provider_refund_id=provider_refund_id, reference=reference,
+                                               amount=amount, at=at))
+        return True
+
     # --- evolution ----------------------------------------------------------------------
 
     def apply(self, event: DomainEvent) -> None:
@@ -666,5 +762,9 @@ class Transaction(Aggregate):
                 self.chargeback_unapplied += event.amount.amount
             case TransactionPaymentToReturn():
                 self.payments_to_return.append(event)
+            case TransactionRefundIssued():
+                self.issued_refunds.append(event)
+            case TransactionExternalRefund():
+                self.external_refunds.append(event)
             case _:
                 raise TypeError(f"Transaction cannot apply {type(event).__name__}")

@@ -535,7 +535,7 @@ def _refund_updated(event: StripeEvent, refund: RefundObject) -> UpstreamFact:
         payment_intent_id=refund.payment_intent, amount=amount,
         provider_amount=ProviderAmount(amount=refund.amount, currency=refund.currency),
         status=_code(status), reason=_text(refund.reason, 100), failure_reason=_text(refund.failure_reason, 100),
-        refund_created_at=_at(refund.created))
+        refund_created_at=_at(refund.created), metadata=_str_map(refund.metadata))
 
 
 DISPUTE_STATUSES = frozenset({"warning_needs_response", "warning_under_review", "warning_closed",

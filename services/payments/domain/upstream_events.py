@@ -254,6 +254,8 @@ class UpstreamRefundUpdated(UpstreamFact):
     reason: Annotated[str, Field(max_length=100)] | None = None
     failure_reason: Annotated[str, Field(max_length=100)] | None = None
     refund_created_at: AwareDatetime
+    metadata: Metadata = Field(default_factory=dict, description="the refund's metadata; closeloop's own refunds "
+                                                                 "carry `closeloop_refund_id`")
 
 
 class UpstreamDisputeFact(UpstreamFact):

@@ -16,6 +16,7 @@ from services.payments.domain.upstream import MalformedEvent
 from services.payments.domain.upstream_events import ReceivedVia
 from services.payments.entrypoints.dispute_http import router as dispute_router
 from services.payments.entrypoints.kolable_http import router as kolable_router
+from services.payments.entrypoints.refund_http import router as refund_router
 from services.payments.entrypoints.transaction_http import router as transaction_router
 from services.payments.entrypoints.voucher_http import router as voucher_router
 from services.payments.entrypoints.wallet_http import router as wallet_router
@@ -75,4 +76,5 @@ def create_app(payments: Any | None) -> FastAPI:
     app.include_router(wallet_router)
     app.include_router(transaction_router)
     app.include_router(voucher_router)
+    app.include_router(refund_router)
     return app

@@ -105,16 +105,17 @@ CANCEL_EARLY: dict[str, Any] = {"fault_party": "customer", "seconds_before_servi
 
 
 def transaction_in(state: str, *, attempt: bool = False, dispute: str | None = None,
-                   reserved: bool = False) -> Transaction:
+                   online: bool = False, reserved: bool = False) -> Transaction:
     """A transaction driven through the command path to `state`, saved (no pending events).
 
     `state` is a TransactionStatus value, or `billed_awaiting_cash` (settled in cash, not yet
     confirmed), `billed_unprepaid` (billed without a prepayment). `attempt` leaves a payment
-    attempt open; `dispute` leaves a dispute open.
+    attempt open; `dispute` leaves a dispute open; `online` prepays a confirmed one too (by card,
+    balance and voucher; the shortfall in cash), and cancels a refunded one late (a penalty kept).
     """
-    prepaid = state not in ("voided", "confirmed", "billed_awaiting_cash", "billed_unprepaid")
+    prepaid = state not in ("voided", "confirmed", "billed_awaiting_cash", "billed_unprepaid") or online
     tx = open_transaction(prepay=prepaid)
-    if state in ("prepaid", "billed", "paid", "refunded"):
+    if state in ("prepaid", "billed", "paid", "refunded") or (online and state == "confirmed"):
         tx.capture_prepayment(PREPAID, at=SOON)
     if state in ("billed", "paid", "confirmed", "billed_awaiting_cash", "billed_unprepaid"):
         tx.bill(FINAL_BILL, 1, BILL_TOTAL, SERVICE_END)
@@ -125,7 +126,9 @@ def transaction_in(state: str, *, attempt: bool = False, dispute: str | None = N
     if state == "confirmed":
         tx.confirm_cash(MERCHANT, SERVICE_END)
     if state in ("refunded", "voided"):
-        tx.cancel(**CANCEL_EARLY)
+        # `online`: cancelled by the customer under 24 h before the start, so the penalty keeps money
+        # that customer service may still refund.
+        tx.cancel(**({**CANCEL_EARLY, "seconds_before_service_start": 10 * HOUR} if online else CANCEL_EARLY))
     if reserved:  # unpaid: the voucher and the balance of PREPAID reserved, the card part due at the cashier
         tx.reserve_prepayment(PREPAID[:2], at=SOON)
     if attempt:

@@ -23,7 +23,8 @@ def test_the_transaction_events() -> None:
         "TransactionPrepaymentCaptured", "TransactionBilled", "TransactionSettled", "TransactionCashConfirmed",
         "TransactionRefunded", "TransactionVoided", "CompensationVoucherGranted", "MerchantCompensationGranted",
         "MerchantFaultRecorded", "TransactionRefundsFrozen", "TransactionRefundsUnfrozen", "TransactionPaymentToReturn",
-        "TransactionRefundsHeld", "TransactionChargedBack", "TransactionHeldRefundsReleased"}
+        "TransactionRefundsHeld", "TransactionChargedBack", "TransactionHeldRefundsReleased",
+            "TransactionRefundIssued", "TransactionExternalRefund"}
 
 
 @pytest.mark.parametrize("cls", TRANSACTION_EVENTS, ids=lambda c: c.__name__)

@@ -30,19 +30,20 @@ from tests.unit.payments import (
 )
 
 AWAITING_CASH = "billed_awaiting_cash"  # billed, settled in cash, waiting for the merchant's confirmation
-DISPUTES = ["freeze_refunds", "record_chargeback", "unfreeze_refunds"]
+DISPUTES = ["freeze_refunds", "record_chargeback", "record_external_refund", "unfreeze_refunds"]
 
 # The specification, written out here rather than read from the module under test.
 EXPECTED_ALLOWED: dict[str, list[str]] = {
-    "unpaid": ["bill", "cancel", "capture_prepayment", "fail_attempt", "release_reservation", "reserve_prepayment",
-               "start_attempt"],
-    "prepaid": ["bill", "cancel", "freeze_refunds", "record_chargeback", "unfreeze_refunds"],
-    "billed": ["fail_attempt", "freeze_refunds", "record_chargeback", "settle", "start_attempt", "unfreeze_refunds"],
+    "unpaid": ["bill", "cancel", "capture_prepayment", "fail_attempt", "record_external_refund",
+               "release_reservation", "reserve_prepayment", "start_attempt"],
+    "prepaid": ["bill", "cancel", *DISPUTES],
+    "billed": ["fail_attempt", "freeze_refunds", "record_chargeback", "record_external_refund", "settle",
+               "start_attempt", "unfreeze_refunds"],
     AWAITING_CASH: ["confirm_cash", *DISPUTES],
-    "paid": DISPUTES,
-    "confirmed": DISPUTES,
-    "refunded": DISPUTES,
-    "voided": [],
+    "paid": sorted([*DISPUTES, "issue_refund"]),
+    "confirmed": sorted([*DISPUTES, "issue_refund"]),
+    "refunded": sorted([*DISPUTES, "issue_refund"]),
+    "voided": ["record_external_refund"],
 }
 
 
@@ -67,10 +68,15 @@ COMMANDS: dict[str, Callable[[Transaction], object]] = {
     "freeze_refunds": lambda t: t.freeze_refunds("dp_1", SOON),
     "unfreeze_refunds": lambda t: t.unfreeze_refunds("dp_0", SOON),
     "record_chargeback": lambda t: t.record_chargeback("dp_0", Money(amount=60000, currency="TWD"), SOON, ["pi_1"]),
+    "issue_refund": lambda t: t.issue_refund("rq-1", Money(amount=1000, currency="TWD"), "goodwill", SOON),
+    # A refund made at the provider of the order's card payment (pi_1), or of a payment it returns.
+    "record_external_refund": lambda t: t.record_external_refund(
+        "re_ext", ["pi_1", *(p.tender.reference for p in t.payments_to_return)], Money(amount=1000, currency="TWD"),
+        SOON),
 }
 
 # What a command needs before it can record its event (not part of the state).
-NEEDS = {"fail_attempt": {"attempt": True}, "unfreeze_refunds": {"dispute": "dp_0"}}
+NEEDS = {"fail_attempt": {"attempt": True}, "unfreeze_refunds": {"dispute": "dp_0"}, "issue_refund": {"online": True}}
 NEEDS["release_reservation"] = {"reserved": True}
 
 ALLOWED_TRANSITIONS = [
@@ -99,7 +105,13 @@ ALLOWED_TRANSITIONS = [
     *[(state, command, S(state), [event]) for state in ("paid", "confirmed", "refunded")
       for command, event in (("freeze_refunds", ev.TransactionRefundsFrozen),
                              ("unfreeze_refunds", ev.TransactionRefundsUnfrozen),
-                             ("record_chargeback", ev.TransactionChargedBack))],
+                             ("record_chargeback", ev.TransactionChargedBack),
+                             ("issue_refund", ev.TransactionRefundIssued))],
+    *[(state, "record_external_refund", S(state), [ev.TransactionExternalRefund])
+      for state in ("prepaid", "billed", "paid", "refunded")],
+    # No card payment of this order to refund there: allowed, and nothing is recorded.
+    *[(state, "record_external_refund", S(state if state != AWAITING_CASH else "billed"), [])
+      for state in ("unpaid", AWAITING_CASH, "confirmed", "voided")],
 ]
 
 
