@@ -196,3 +196,50 @@ async def test_a_free_cancellation_returns_the_voucher_and_credits_the_balance_b
     assert wallet["total"]["amount"] == 110000
     vouchers = {x["voucher_id"]: x for x in (await pay.get(f"/customers/{customer}/vouchers")).json()["vouchers"]}
     assert vouchers[voucher_id]["status"] == "returned" and vouchers[voucher_id]["usable_now"] is True
+
+
+async def test_the_merchants_record_counts_fault_cancellations_and_the_compensation_owed(
+        client: PlatformClient, stack: Any) -> None:
+    from datetime import datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    from tests.e2e.test_order_flow import order_body
+
+    merchant = f"m-{uid()}"
+    tz = ZoneInfo("Asia/Taipei")
+    # Within 24 h, outside the after-dinner prepayment window: the next hour from 09:00 to 16:00, 3 h ahead.
+    start = (datetime.now(tz) + timedelta(hours=3)).replace(minute=0, second=0, microsecond=0)
+    while not 9 <= start.hour <= 16:
+        start += timedelta(hours=1)
+    slot = {"start": start.isoformat(), "end": (start + timedelta(hours=1)).isoformat()}
+    m = {"actor": merchant, "role": "merchant"}
+
+    # An order without prepayment, accepted, then cancelled by the customer within 24 h: the platform
+    # owes the merchant the policy's compensation; a second one cancelled by the merchant: a fault.
+    orders = []
+    for _ in range(2):
+        customer = f"c-{uid()}"
+        placed = await client.command("/orders", {**order_body(customer, f"s-{uid()}"), "slot": slot},
+                                      actor=customer, role="customer")
+        await client.wait_for_status(placed["order_id"], "awaiting_confirmation", timeout=20)
+        await client.command(f"/orders/{placed['order_id']}/accept", {"merchant_id": merchant}, **m)
+        orders.append((placed["order_id"], customer))
+    (late, customer), (faulty, _) = orders
+    await client.command(f"/orders/{late}/cancel", {"cancelled_by": "customer", "reason_code": "plans_changed"},
+                         actor=customer, role="customer")
+    await client.command(f"/orders/{faulty}/cancel", {"cancelled_by": "merchant", "merchant_id": merchant,
+                                                      "reason_code": "staff_sick"}, **m)
+
+    async def record() -> dict[str, Any] | None:
+        r = await client.http.get(f"{stack.url('payments')}/merchants/{merchant}/record")
+        assert r.status_code == 200, r.text
+        body: dict[str, Any] = r.json()
+        return body if len(body["entries"]) == 2 else None
+
+    rec = await until("merchant record", record)
+    assert rec["fault_cancellations"] == 1
+    kinds = {e["order_id"]: e for e in rec["entries"]}
+    assert kinds[faulty]["kind"] == "fault_cancellation" and kinds[faulty]["reason_code"] == "staff_sick"
+    owed = kinds[late]
+    assert owed["kind"] == "compensation_owed" and owed["amount"]["amount"] > 0 and owed["policy_version"]
+    assert rec["compensation_owed"] == [owed["amount"]]

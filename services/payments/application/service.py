@@ -94,6 +94,7 @@ class PaymentsService:
             contract.emit(derived)
         if self.refunds is not None:
             await self.refunds.after_change(uow, txn, len(new))
+        await _record_merchants(uow.conn, new)
 
     async def _merchant_of(self, conn: asyncpg.Connection, order_id: str) -> str | None:
         return await conn.fetchval("SELECT merchant_id FROM payments_order_merchants WHERE order_id = $1", order_id)
@@ -314,6 +315,42 @@ async def _lock_order(conn: asyncpg.Connection, order_id: str) -> None:
     fact could be parked by one transaction while another, opening the order's transaction, looks
     for parked facts before the first commits: the fact would stay parked for ever."""
     await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"payments-order:{order_id}")
+
+
+async def _record_merchants(conn: asyncpg.Connection, events: list[DomainEvent]) -> None:
+    """The merchant's record: merchant-fault cancellations and compensations the platform owes."""
+    rows: list[tuple[Any, ...]] = []
+    for e in events:
+        if isinstance(e, ev.MerchantFaultRecorded):
+            rows.append((e.merchant_id, e.order_id, "fault_cancellation", e.reason_code,
+                         e.seconds_before_service_start, None, None, None, e.at))
+        elif isinstance(e, ev.MerchantCompensationGranted):
+            rows.append((e.merchant_id, e.order_id, "compensation_owed", e.reason_code,
+                         e.seconds_before_service_start, e.amount.amount, e.amount.currency, e.policy_version, e.at))
+    if rows:
+        await conn.executemany(
+            """INSERT INTO payments_merchant_records (merchant_id, order_id, kind, reason_code,
+                   seconds_before_service_start, amount, currency, policy_version, at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING""", rows)
+
+
+async def merchant_record(conn: asyncpg.Connection, merchant_id: str) -> dict[str, Any]:
+    """A merchant's record: fault cancellations and compensation owed, newest first, with totals."""
+    rows = await conn.fetch("SELECT * FROM payments_merchant_records WHERE merchant_id = $1 ORDER BY at DESC",
+                            merchant_id)
+    owed: dict[str, int] = {}
+    for r in rows:
+        if r["kind"] == "compensation_owed":
+            owed[r["currency"]] = owed.get(r["currency"], 0) + r["amount"]
+    return {
+        "merchant_id": merchant_id,
+        "fault_cancellations": sum(1 for r in rows if r["kind"] == "fault_cancellation"),
+        "compensation_owed": [{"amount": a, "currency": c} for c, a in sorted(owed.items())],
+        "entries": [{"order_id": r["order_id"], "kind": r["kind"], "reason_code": r["reason_code"],
+                     "seconds_before_service_start": r["seconds_before_service_start"],
+                     "amount": {"amount": r["amount"], "currency": r["currency"]} if r["amount"] is not None else None,
+                     "policy_version": r["policy_version"], "at": r["at"].isoformat()} for r in rows],
+    }
 
 
 async def _order_of(conn: asyncpg.Connection, provider_ids: list[str]) -> str | None:

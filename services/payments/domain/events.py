@@ -611,7 +611,7 @@ class MerchantCompensationGranted(TransactionStreamEvent):
 
 
 class MerchantFaultRecorded(TransactionStreamEvent):
-    """A cancellation was the merchant's fault; the merchant's record (stream `merchant-{id}`) counts it."""
+    """A cancellation was the merchant's fault; the merchant's record (GET /merchants/{id}/record) counts it."""
 
     merchant_id: Id
     reason_code: Code

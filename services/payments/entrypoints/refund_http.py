@@ -82,3 +82,16 @@ async def retry_refund(refund_id: RefundId, body: RetryRefund, ctx: Ctx, request
                        response: Response) -> dict[str, Any]:
     """Ask the provider again for a failed refund (platform or service role)."""
     return respond(response, await _svc(request).retry(refund_id, body.reason, ctx))
+
+
+MerchantId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+
+
+@router.get("/merchants/{merchant_id}/record", tags=["merchants"])
+async def merchant_record(merchant_id: MerchantId, request: Request) -> dict[str, Any]:
+    """The merchant's record (seed 五): merchant-fault cancellations, and the compensation the platform owes
+    the merchant for late customer-fault cancellations of unprepaid orders."""
+    from services.payments.application.service import merchant_record as record
+
+    async with request.app.state.payments.store.pool.acquire() as conn:
+        return await record(conn, merchant_id)
