@@ -113,10 +113,16 @@ async def test_a_bill_above_the_prepayment_waits_for_the_shortfall_then_complete
         assert time.monotonic() < deadline
         await asyncio_sleep(0.05)
     assert (await client.order(order_id))["status"] == "awaiting_payment"  # 300.00 still to pay
+    # A charge of another amount does not settle it: it is recorded to be returned (and refunded).
+    await send(client, stack, charge_succeeded(order_id, amount=29999))
+    types = await stream_types(stack.pg_dsn, f"transaction-{order_id}")
+    assert types[-1] == "TransactionPaymentToReturn" and "TransactionSettled" not in types
     await send(client, stack, charge_succeeded(order_id, amount=30000))
     done = await client.wait_for_status(order_id, "completed", timeout=20)
     assert done["settled_total"] == {"amount": 150000, "currency": "TWD"}
     assert await stream_types(stack.pg_dsn, f"payment-{order_id}") == ["PrepaymentCaptured", "BillSettled"]
+    refunds = (await client.http.get(f"{stack.url('payments')}/payments/{order_id}/refunds")).json()["refunds"]
+    assert [(r["source"], r["amount"]["amount"]) for r in refunds] == [("payment_to_return", 29999)]
 
 
 async def test_a_charge_for_a_cancelled_order_is_recorded_to_be_returned(client: PlatformClient,

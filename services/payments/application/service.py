@@ -265,6 +265,13 @@ class PaymentsService:
                     txn.capture_prepayment([tender], at=fact.occurred_at)
                     return "prepayment captured"
                 if txn.status is ev.TransactionStatus.BILLED and txn.settlement is None:
+                    # The charge collects the shortfall only when it is exactly the shortfall; any other
+                    # amount goes back, and the shortfall is still owed (paid again at the cashier).
+                    shortfall = txn.preview_settlement().shortfall
+                    if fact.amount != shortfall:
+                        txn.record_payment_to_return(tender, f"{fact.amount} is not the shortfall {shortfall}",
+                                                     fact.occurred_at)
+                        return f"to return: {fact.amount} is not the shortfall {shortfall}"
                     txn.settle(at=fact.occurred_at, method=ev.TenderKind.THIRD_PARTY, reference=reference)
                     return "shortfall collected"
                 # The order was cancelled, or is paid already: the money goes back.
