@@ -125,6 +125,27 @@ async def test_a_bill_above_the_prepayment_waits_for_the_shortfall_then_complete
     assert [(r["source"], r["amount"]["amount"]) for r in refunds] == [("payment_to_return", 29999)]
 
 
+async def test_a_shortfall_paid_before_payments_saw_the_bill_waits_for_it_then_settles(client: PlatformClient,
+                                                                                      stack: Any) -> None:
+    """The customer sees 待付款 in the orders read model and pays at once; the charge (naming the bill in
+    its metadata) may reach payments before the confirmed bill does: it waits for the bill, then settles."""
+    order_id, customer, merchant = await prepaid_order(client, stack, charge_first=False)
+    m = {"actor": merchant, "role": "merchant"}
+    await client.command(f"/orders/{order_id}/accept", {"merchant_id": merchant}, **m)
+    await client.command(f"/orders/{order_id}/start", {"merchant_id": merchant}, **m)
+    pushed = await client.command(f"/orders/{order_id}/bill", {"merchant_id": merchant, "actual_minutes": 150}, **m)
+    bill_id = pushed["bill_id"]
+    # Sent before the confirmation: payments cannot have billed the transaction yet.
+    await send(client, stack, charge_succeeded(order_id, amount=30000, metadata={"bill_id": bill_id}))
+    assert "TransactionSettled" not in await stream_types(stack.pg_dsn, f"transaction-{order_id}")
+    await client.command(f"/orders/{order_id}/bill/confirm", {"customer_id": customer, "revision": 1},
+                         actor=customer, role="customer")
+    done = await client.wait_for_status(order_id, "completed", timeout=20)
+    assert done["settled_total"] == {"amount": 150000, "currency": "TWD"}
+    types = await stream_types(stack.pg_dsn, f"transaction-{order_id}")
+    assert "TransactionPaymentToReturn" not in types and types.count("TransactionSettled") == 1
+
+
 async def test_a_charge_for_a_cancelled_order_is_recorded_to_be_returned(client: PlatformClient,
                                                                           stack: Any) -> None:
     customer = f"c-{uuid.uuid4().hex[:8]}"

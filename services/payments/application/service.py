@@ -133,6 +133,7 @@ class PaymentsService:
                 if txn.preview_settlement().shortfall.amount == 0:
                     txn.settle(at=at)
                 await self.publish_contract(uow, txn)
+                await self._apply_parked(uow, event.order_id)  # a charge of this bill that came first
             case orders_ev.OrderCancelled():
                 # As above: during a dispute the cancellation is applied (state, penalty, vouchers) and
                 # its refunds are held until the dispute closes (services/payments/application/disputes.py).
@@ -224,6 +225,11 @@ class PaymentsService:
         if not txn.exists:
             await self._park(uow, fact_event_id, order_id, "transaction not opened yet")
             return "parked: transaction not opened yet"
+        if _for_a_bill_not_seen_yet(txn, fact):
+            # The customer paid the final bill (its id in the charge's metadata) before this service
+            # saw the bill confirmed (the two reach it over different topics): wait for the bill.
+            await self._park(uow, fact_event_id, order_id, "bill not known yet")
+            return "parked: bill not known yet"
         if isinstance(fact, UpstreamRefundUpdated | UpstreamChargeRefunded) and self.refunds is not None:
             outcome = await self.refunds.on_provider_refund(uow, txn, fact)
         else:
@@ -322,6 +328,16 @@ async def _lock_order(conn: asyncpg.Connection, order_id: str) -> None:
     fact could be parked by one transaction while another, opening the order's transaction, looks
     for parked facts before the first commits: the fact would stay parked for ever."""
     await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"payments-order:{order_id}")
+
+
+def _for_a_bill_not_seen_yet(txn: Transaction, fact: UpstreamFact) -> bool:
+    """A charge naming (metadata.bill_id) a bill of the order other than its prepayment, before the
+    transaction is billed with it."""
+    if not isinstance(fact, UpstreamChargeSucceeded):
+        return False
+    bill_id = fact.metadata.get("bill_id")
+    return bool(bill_id) and bill_id != txn.prepayment_bill_id and txn.bill_id is None and txn.status in (
+        ev.TransactionStatus.UNPAID, ev.TransactionStatus.PREPAID)
 
 
 async def _record_merchants(conn: asyncpg.Connection, events: list[DomainEvent]) -> None:
