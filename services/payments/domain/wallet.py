@@ -516,14 +516,7 @@ class Wallet(Aggregate):
                 raise Conflict(f"debit {reference!r} of order {order_id} was already recorded for "
                                f"{self._money(existing.amount)}, not {amount}", reference=reference)
             return
-        self._require_amount("amount", amount)
-        self._require_funds(amount)
-        split = self._split(amount.amount, policy.spend_order)
-        self._record(WalletDebited(
-            customer_id=self.id, order_id=order_id, reference=reference, amount=amount,
-            from_paid_in=split.paid_in, from_bonus=split.bonus, spend_order=list(policy.spend_order),
-            policy_version=policy.version,
-            balance_after=self._after(-split.paid_in.amount, -split.bonus.amount), at=at))
+        self._take(WalletDebited, amount, order_id, reference, at, policy)
 
     def hold(self, amount: Money, order_id: str, reference: str, at: datetime, policy: WalletPolicy) -> None:
         """Set `amount` aside for an order, split over the buckets in the policy's spend order.
@@ -542,10 +535,15 @@ class Wallet(Aggregate):
             return
         if key in self.debits:
             raise Conflict(f"{reference!r} of order {order_id} is already debited", reference=reference)
+        self._take(WalletAmountHeld, amount, order_id, reference, at, policy)
+
+    def _take(self, event: type[WalletDebited] | type[WalletAmountHeld], amount: Money, order_id: str,
+              reference: str, at: datetime, policy: WalletPolicy) -> None:
+        """Take `amount` out of the balance (a debit, or a hold), split over the policy's spend order."""
         self._require_amount("amount", amount)
         self._require_funds(amount)
         split = self._split(amount.amount, policy.spend_order)
-        self._record(WalletAmountHeld(
+        self._record(event(
             customer_id=self.id, order_id=order_id, reference=reference, amount=amount,
             from_paid_in=split.paid_in, from_bonus=split.bonus, spend_order=list(policy.spend_order),
             policy_version=policy.version,
