@@ -3,6 +3,7 @@ topics. Importing this module registers every event model (for decoding and sche
 
 from __future__ import annotations
 
+from services.notifications.domain import events as _notification_events  # noqa: F401
 from services.orders.domain import events as _orders_events  # noqa: F401  (registers models)
 from services.payments.domain import dispute as _dispute  # noqa: F401
 from services.payments.domain import events as _payments_events  # noqa: F401
@@ -11,12 +12,19 @@ from services.payments.domain import upstream_events as _upstream_events  # noqa
 from services.payments.domain import voucher as _voucher  # noqa: F401
 from services.payments.domain import wallet as _wallet  # noqa: F401
 from services.payments.domain.kolable import events as _kolable_events  # noqa: F401
+from services.rma.domain import events as _rma_events  # noqa: F401
+from services.shipping.domain import events as _shipping_events  # noqa: F401
 
 ORDERS_EVENTS = "orders.events"
 PAYMENTS_EVENTS = "payments.events"
 # Upstream payment systems publish their events (Stripe's event format) here; the payments
 # service consumes them. Not written by the relay.
 PAYMENTS_UPSTREAM = "payments.upstream"
+RMA_EVENTS = "rma.events"
+SHIPPING_EVENTS = "shipping.events"
+NOTIFICATIONS_EVENTS = "notifications.events"
+# Carriers publish their tracking events here (two formats, normalised by shipping); not written by the relay.
+CARRIER_TRACKING = "carrier.tracking"
 
 STREAM_TOPICS: dict[str, str] = {
     "order": ORDERS_EVENTS,
@@ -34,6 +42,12 @@ STREAM_TOPICS: dict[str, str] = {
     "kolable": PAYMENTS_EVENTS,
     "kolable_import": PAYMENTS_EVENTS,
     "payment": PAYMENTS_EVENTS,  # the contract events derived from transactions (payments/application/contract.py)
+    "rma": RMA_EVENTS,
+    "transfer": RMA_EVENTS,
+    "label": SHIPPING_EVENTS,
+    "shipment": SHIPPING_EVENTS,
+    "notification": NOTIFICATIONS_EVENTS,
+    "sla": NOTIFICATIONS_EVENTS,
 }
 
-TOPICS: list[str] = sorted({*STREAM_TOPICS.values(), PAYMENTS_UPSTREAM})
+TOPICS: list[str] = sorted({*STREAM_TOPICS.values(), PAYMENTS_UPSTREAM, CARRIER_TRACKING})
