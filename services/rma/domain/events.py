@@ -45,7 +45,7 @@ class RmaStatus(StrEnum):
     CANCELLED = "CANCELLED"
 
 
-class Address(Value):
+class ShippingAddress(Value):
     name: Name
     line1: Annotated[str, Field(min_length=1, max_length=200)]
     city: Annotated[str, Field(min_length=1, max_length=100)]
@@ -90,7 +90,7 @@ class RmaOpened(RmaEvent):
     description: Text = ""
     attachments: list[Annotated[str, Field(min_length=1, max_length=500)]] = Field(default_factory=list)
     contact: Contact
-    ship_to: Address
+    ship_to: ShippingAddress
     at: AwareDatetime
 
 
@@ -101,7 +101,7 @@ class RmaEligible(RmaEvent):
     sku: Sku
     basis: WarrantyBasis
     contact: Contact
-    ship_to: Address
+    ship_to: ShippingAddress
     at: AwareDatetime
 
 
@@ -121,7 +121,7 @@ class RmaReplacementReady(RmaEvent):
     same_sku: bool
     warehouse_id: Id
     contact: Contact
-    ship_to: Address
+    ship_to: ShippingAddress
     at: AwareDatetime
 
 
@@ -156,7 +156,25 @@ class RmaCancelled(RmaEvent):
 
 
 __all__ = [
-    "STREAM_CATEGORY", "TOPIC", "TRANSFER_CATEGORY", "Address", "Contact", "Locale", "Money", "RmaCancelled",
-    "RmaClosed", "RmaEligible", "RmaEvent", "RmaOpened", "RmaRejected", "RmaReplacementReady", "RmaShippedIn",
-    "RmaShippedOut", "RmaStatus", "Serial", "Sku", "Value", "WarrantyBasis",
+    "STREAM_CATEGORY",
+    "TOPIC",
+    "TRANSFER_CATEGORY",
+    "Contact",
+    "Locale",
+    "Money",
+    "RmaCancelled",
+    "RmaClosed",
+    "RmaEligible",
+    "RmaEvent",
+    "RmaOpened",
+    "RmaRejected",
+    "RmaReplacementReady",
+    "RmaShippedIn",
+    "RmaShippedOut",
+    "RmaStatus",
+    "Serial",
+    "ShippingAddress",
+    "Sku",
+    "Value",
+    "WarrantyBasis",
 ]

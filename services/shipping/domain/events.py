@@ -14,7 +14,7 @@ from pydantic import AwareDatetime, Field
 
 from libs.domain.events import DomainEvent
 from libs.domain.types import Code, Id
-from services.rma.domain.events import Address, Contact, Sku
+from services.rma.domain.events import Contact, ShippingAddress, Sku
 
 TOPIC = "shipping.events"
 LABEL_CATEGORY = "label"
@@ -72,7 +72,7 @@ class ShipmentCreated(ShippingEvent):
     warehouse_id: Id
     carrier: Code
     tracking_number: TrackingNumber
-    ship_to: Address
+    ship_to: ShippingAddress
     contact: Contact | None = None
     eta: AwareDatetime | None = None
     at: AwareDatetime
