@@ -36,9 +36,10 @@ console = Console()
 ROOT = Path(__file__).resolve().parents[2]
 STATE = Path(os.environ.get("CLOSELOOP_STATE_DIR") or ROOT / ".closeloop")
 
-# The processes of the platform, started in this order. Later issues add rma, shipping
-# and notifications here.
-SERVICES = ["relay", "orders", "projector", "payments"]
+# The processes of the platform, started in this order (a service whose package has no
+# __main__ yet is not started: the after-sales services land one by one).
+SERVICES = [name for name in ("relay", "orders", "projector", "payments", "rma", "shipping", "notifications")
+            if (ROOT / "services" / name / "__main__.py").exists()]
 
 
 @dataclass

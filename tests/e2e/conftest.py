@@ -14,7 +14,7 @@ import pytest
 
 from libs.devstack.client import PaymentsFeed, PlatformClient
 from libs.devstack.procs import free_port
-from libs.devstack.supervisor import Child, _wait_ready
+from libs.devstack.supervisor import SERVICES, Child, _wait_ready
 
 WEBHOOK_SECRET = "whsec_e2e_current_" + uuid.uuid4().hex
 OLD_WEBHOOK_SECRET = "whsec_e2e_previous_" + uuid.uuid4().hex  # still accepted: a rotation in progress
@@ -51,7 +51,7 @@ def stack(pg_dsn: str, kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFa
            "CLOSELOOP_STRIPE_WEBHOOK_SECRETS": f"{WEBHOOK_SECRET},{OLD_WEBHOOK_SECRET}"}
     children: dict[str, Child] = {}
     try:
-        for name in ("relay", "orders", "projector", "payments"):
+        for name in SERVICES:
             children[name] = start_child(name, env, logs)
         yield Stack(children, env, logs, kafka_bootstrap, pg_dsn, prefix)
     finally:
