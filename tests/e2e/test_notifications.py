@@ -473,3 +473,33 @@ async def test_the_outbox_dedupes_a_reaction_run_twice_and_gives_up_after_the_la
     assert all(f["template"] == "return_label_issued" and f["attempt"] == 1 for f in files)
     names = await asyncio.to_thread(lambda: sorted(p.name for p in tmp_path.iterdir()))
     assert names == ["email.jsonl", "in_app.jsonl", "sms.jsonl"]
+
+
+async def test_processing_starts_on_the_rma_event_named_in_the_settings(store: EventStore) -> None:
+    """The contract has no event for PROCESSING: the rma event named by processing_started_events starts
+    that clock, by its type and rma_id, whether or not this process knows its model."""
+    services = wire(store, NotificationsSettings(instance_prefix=uid("inproc") + "-",
+                                                 processing_started_events="RmaProcessingStarted,RmaRepairBegun"))
+    rma_id, customer = uid("rma"), uid("cust")
+    story = mouse_story(rma_id, customer)
+    begun_at = now()
+    processing = envelope.EventEnvelope(
+        event_id=uuid.uuid4(), event_type="RmaRepairBegun", schema_version=1, stream_id=f"rma-{rma_id}",
+        stream_version=4, global_position=0, transaction_id=0, recorded_at=begun_at,
+        data={"rma_id": rma_id, "technician": "tech-7", "at": begun_at.isoformat()}, metadata={"actor": "t"})
+    async with store.transaction() as conn:
+        await services.reactions.handle(conn, [as_envelope(e) for e in (story[0], story[1], story[4])])
+        await services.reactions.handle(conn, [processing, as_envelope(story[6])])
+    sla = await services.queries.subject_sla(rma_id)
+    stages = {s["stage"]: s for s in sla["stages"]}
+    assert datetime.fromisoformat(stages["processing"]["started_at"]) == begun_at
+    assert not stages["shipped_in"]["running"] and not stages["processing"]["running"]
+    assert sla["current_stage"] == "shipped_out" and sla["eta_source"] == "carrier"
+    assert sla["eta"] == story[6].eta.isoformat()  # type: ignore[attr-defined]
+    assert services.reactions.rejected == []
+    page = await services.queries.notifications(subject_id=rma_id, limit=2)
+    seen = [i["notification_id"] for i in page["items"]]
+    while page["next_cursor"]:
+        page = await services.queries.notifications(subject_id=rma_id, limit=2, cursor=page["next_cursor"])
+        seen += [i["notification_id"] for i in page["items"]]
+    assert len(seen) == len(set(seen)) == 9  # received, shipped in, shipped out x 3 channels
