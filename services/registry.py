@@ -46,6 +46,8 @@ STREAM_TOPICS: dict[str, str] = {
     "transfer": RMA_EVENTS,
     "label": SHIPPING_EVENTS,
     "shipment": SHIPPING_EVENTS,
+    "carrier_manifest": SHIPPING_EVENTS,  # an imported carrier manifest (duplicate-shipment detector)
+    "shipment_duplicate": SHIPPING_EVENTS,  # a duplicate shipment and its follow-up
     "notification": NOTIFICATIONS_EVENTS,
     "sla": NOTIFICATIONS_EVENTS,
 }
