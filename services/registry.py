@@ -44,6 +44,9 @@ STREAM_TOPICS: dict[str, str] = {
     "payment": PAYMENTS_EVENTS,  # the contract events derived from transactions (payments/application/contract.py)
     "rma": RMA_EVENTS,
     "transfer": RMA_EVENTS,
+    "stock": RMA_EVENTS,  # warehouses (stock-{warehouse}) and their stock levels (stock-{warehouse}/{sku})
+    "catalogue": RMA_EVENTS,  # the rma service's SKU catalogue and substitution rules
+    "warranty": RMA_EVENTS,  # warranty proofs of a serial (registrations, sales records, replacement units)
     "label": SHIPPING_EVENTS,
     "shipment": SHIPPING_EVENTS,
     "carrier_manifest": SHIPPING_EVENTS,  # an imported carrier manifest (duplicate-shipment detector)
