@@ -47,6 +47,8 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 from libs.domain.errors import DomainError
 from services.shipping.domain.carriers import LOCAL_TZ
 from services.shipping.domain.events import CarrierTrackingUpdate, TrackingStatus
@@ -166,6 +168,15 @@ def _content_hash(*parts: str) -> str:
     return "sha256:" + hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:40]
 
 
+def _append(out: list[CarrierTrackingUpdate], problems: _Problems, where: str, **fields: Any) -> None:
+    """Build one update; whatever the model still refuses is the event's problem, not a crash."""
+    try:
+        out.append(CarrierTrackingUpdate(**fields))
+    except ValidationError as exc:
+        for err in exc.errors():
+            problems.add(".".join([where, *(str(p) for p in err.get("loc", ()))]), err.get("msg", "invalid"))
+
+
 def _original(item: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
     out = {**extra, **item}
     if len(json.dumps(out, ensure_ascii=False, default=str)) > MAX_ORIGINAL_CHARS:
@@ -252,10 +263,9 @@ def parse_globex(body: bytes | str, content_type: str | None = None) -> list[Car
                 continue
             assert isinstance(code, str)
             key = f"id:{event_id}" if event_id else _content_hash(tn, code.strip().upper(), _utc(occurred), location)
-            out.append(CarrierTrackingUpdate(
-                carrier="globex", event_key=key, tracking_number=tn, status=status,
-                carrier_status=code.strip().upper(), description=description[:300], location=location[:200],
-                occurred_at=occurred, eta=eta, original=_original(ev, trackingNumber=tn)))
+            _append(out, problems, at, carrier="globex", event_key=key, tracking_number=tn, status=status,
+                    carrier_status=code.strip().upper(), description=description[:300], location=location[:200],
+                    occurred_at=occurred, eta=eta, original=_original(ev, trackingNumber=tn))
     problems.raise_any()
     if len(out) > MAX_EVENTS:
         raise CarrierPayloadInvalid("globex", [("shipments", f"at most {MAX_EVENTS} events per payload")])
@@ -333,19 +343,19 @@ def parse_island(body: bytes | str, content_type: str | None = None) -> list[Car
                          if raw_time else "is required: the time of the 貨態")
         serial = item.get("SerialNo")
         serial_text = str(serial).strip() if serial not in (None, "") else ""
-        if serial_text and not serial_text.isdigit():
-            problems.add(f"{where}.SerialNo", f"{serial!r} must be a whole number")
+        if serial_text and not (serial_text.isdigit() and len(serial_text) <= 9):
+            problems.add(f"{where}.SerialNo", f"{serial!r} must be a whole number of at most 9 digits")
+            serial_text = "bad"
         station = str(item.get("StationName") or "").strip()
         memo = str(item.get("Memo") or "").strip()
-        if tn is None or status is None or occurred is None or (serial_text and not serial_text.isdigit()):
+        if tn is None or status is None or occurred is None or serial_text == "bad":
             continue
         assert isinstance(status_text, str)
         key = (f"seq:{tn}:{int(serial_text)}" if serial_text
                else _content_hash(tn, status_text.strip(), _utc(occurred), station))
-        out.append(CarrierTrackingUpdate(
-            carrier="island", event_key=key, tracking_number=tn, status=status,
-            carrier_status=status_text.strip()[:100], description=(memo or status_text.strip())[:300],
-            location=station[:200], occurred_at=occurred, original=_original(item)))
+        _append(out, problems, where, carrier="island", event_key=key, tracking_number=tn, status=status,
+                carrier_status=status_text.strip()[:100], description=(memo or status_text.strip())[:300],
+                location=station[:200], occurred_at=occurred, original=_original(item))
     problems.raise_any()
     return out
 

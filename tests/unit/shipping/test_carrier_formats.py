@@ -187,3 +187,14 @@ def test_unknown_carrier() -> None:
     with pytest.raises(CarrierPayloadInvalid) as exc:
         parse("pigeon", b"{}")
     assert "carrier" in problems(exc)
+
+
+def test_values_the_model_refuses_are_named_not_crashes() -> None:
+    body = "BillNo,StatusName,StatusTime,SerialNo\n123456789012,已取件,2026/03/02 10:15,12345678901234567890\n"
+    with pytest.raises(CarrierPayloadInvalid) as exc:
+        parse("island", body.encode())
+    assert "line 2.SerialNo" in problems(exc)
+    long_id = "x" * 101
+    with pytest.raises(CarrierPayloadInvalid) as exc2:
+        parse("globex", globex(ev("PU", "2026-03-02T10:15:00+08:00", long_id)))
+    assert "shipments[0].events[0].eventId" in problems(exc2)
