@@ -449,3 +449,36 @@ async def test_list_by_customer_and_status_with_keyset_paging(api: RmaApi) -> No
     assert [i["rma_id"] for i in cancelled["items"]] == [ids[0]]
     r = await api.http.get(f"{api.url}/rmas", params={"cursor": "garbage"})
     assert r.status_code == 422 and r.json()["error"]["details"]["fields"][0]["field"] == "cursor"
+
+
+async def test_shipment_facts_repeated_or_duplicated_change_nothing(api: RmaApi, feed: ShippingFeed,
+                                                                    stack: Any) -> None:
+    """The same shipment reported again (a new event id: shipping re-published it) changes nothing; a
+    second, different shipment for an RMA already shipped out is refused, visibly (shipping's duplicate
+    follow-up owns it), and the RMA keeps its one shipment."""
+    skus = await api.catalogue()
+    home = f"{CENTRE}-{skus['run']}"
+    await api.put(f"/stock/{home}/{skus['new']}", {"available": 1})
+    view = await api.eligible(skus["old"], warehouse=home)
+    rid = view["rma_id"]
+    await api.shipped_in(feed, rid)
+    ready = await api.ok(f"/rmas/{rid}/start-processing", {}, STAFF)
+    assert ready["stage"] == "ready" and ready["replacement"]["decision"]["needs_approval"] is False
+    shipped = await api.shipped_out(feed, ready)
+    before = await rma_events(stack, rid)
+    refused_before = (await api.get("/readyz"))["shipping_events_refused"]
+    now = datetime.now(UTC)
+    s = shipped["shipment"]
+    common = {"rma_id": rid, "action": "ship_replacement", "sku": skus["new"], "warehouse_id": home,
+              "carrier": s["carrier"], "ship_to": ShippingAddress.model_validate(view["ship_to"]), "at": now}
+    await feed.publish(ship.ShipmentCreated(shipment_id=s["shipment_id"], tracking_number=s["tracking_number"],
+                                            **common), f"shipment-{s['shipment_id']}-again")
+    other = uid("shp")
+    await feed.publish(ship.ShipmentCreated(shipment_id=other, tracking_number="DUP123", **common), f"shipment-{other}")
+    deadline = time.monotonic() + 20
+    while (await api.get("/readyz"))["shipping_events_refused"] < refused_before + 1:
+        assert time.monotonic() < deadline, "the second shipment was never looked at"
+        await asyncio.sleep(0.1)
+    after = await api.get(f"/rmas/{rid}")
+    assert after["status"] == "SHIPPED_OUT" and after["shipment"]["shipment_id"] == s["shipment_id"]
+    assert await rma_events(stack, rid) == before
