@@ -482,3 +482,21 @@ async def test_shipment_facts_repeated_or_duplicated_change_nothing(api: RmaApi,
     after = await api.get(f"/rmas/{rid}")
     assert after["status"] == "SHIPPED_OUT" and after["shipment"]["shipment_id"] == s["shipment_id"]
     assert await rma_events(stack, rid) == before
+
+
+async def test_replacement_demand_of_an_eol_sku_against_its_substitutes_stock(api: RmaApi) -> None:
+    """Case 13: units still in warranty x the failure rate = the RMAs to come; the substitutes' stock
+    is what can serve an end-of-life SKU."""
+    skus = await api.catalogue()
+    today = datetime.now(TAIPEI).date()
+    for days_ago in (10, 100, 364, 365, 366, 700):  # 4 still covered (day 365 is the last), 2 not
+        await api.ok("/sales-records", {"serial": uid("SN"), "sku": skus["old"], "invoice_number": uid("INV"),
+                                        "sold_on": (today - timedelta(days=days_ago)).isoformat()}, STAFF)
+    await api.put(f"/stock/{CENTRE}-{skus['run']}/{skus['old']}", {"available": 9})  # EOL: never the replacement
+    await api.put(f"/stock/{CENTRE}-{skus['run']}/{skus['new']}", {"available": 1})
+    demand = await api.get("/quality/replacement-demand", sku=skus["old"], failure_rate=0.5)
+    assert (demand["units_in_field"], demand["units_in_warranty"], demand["expected_rmas"]) == (6, 4, 2)
+    assert demand["substitute_stock"] == {skus["new"]: 1, skus["pro"]: 0}
+    assert (demand["supply"], demand["shortfall"], demand["failure_rate_source"]) == (1, 1, "given")
+    observed = await api.get("/quality/replacement-demand", sku=skus["old"])
+    assert (observed["failure_rate"], observed["expected_rmas"]) == (0.0, 0)

@@ -215,7 +215,18 @@ async def save(uow: UnitOfWork, *aggregates: Aggregate) -> None:
                            version = EXCLUDED.version, updated_at = EXCLUDED.updated_at""",
                     agg.id, agg.spec.eol, agg.spec.model_dump(mode="json"), version, at)
             case WarrantyRecord():
-                pass  # read from its stream (GET /warranty/{serial})
+                rows = []
+                for e in agg.pending:
+                    match e:
+                        case ev.WarrantySaleRecorded():
+                            rows.append((e.serial, "sales_record", e.invoice_number, e.sku, e.sold_on, e.at))
+                        case ev.WarrantyProductRegistered():
+                            rows.append((e.serial, "registration", e.registration_id, e.sku, e.purchase_date, e.at))
+                        case ev.WarrantyReplacementIssued():
+                            rows.append((e.serial, "replacement", e.rma_id, e.sku, e.issued_on, e.at))
+                await conn.executemany(
+                    """INSERT INTO rma_proofs (serial, kind, reference, sku, purchase_date, recorded_at)
+                       VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING""", rows)
 
 
 async def record_label(conn: asyncpg.Connection, event: ship.ReturnLabelIssued) -> None:

@@ -4,14 +4,20 @@
 from __future__ import annotations
 
 import base64
-from datetime import datetime
+from datetime import date, datetime, timedelta
+from fractions import Fraction
 from typing import Any
 
 import asyncpg
 import orjson
 
 from libs.domain.errors import NotFound, RuleViolation
+from services.rma.domain.catalogue import CatalogueItemSpec
 from services.rma.domain.faults import FaultDictionary
+from services.rma.domain.forecast import forecast_replacement_demand
+
+# Which proof dates a serial's warranty, as in domain/warranty.py: a replacement unit, a sale, a registration.
+_PROOF_PRIORITY = {"replacement": 0, "sales_record": 1, "registration": 2}
 
 
 def _cursor(at: datetime, key: str) -> str:
@@ -180,3 +186,33 @@ class RmaQueries:
         if row is None:
             raise NotFound(f"sku {sku} is not in the catalogue", sku=sku)
         return {"sku": row["sku"], **_load(row["item"]), "version": row["version"]}
+
+    async def replacement_demand(self, sku: str, *, today: date, failure_rate: Fraction | None) -> dict[str, Any]:
+        """The warranty replacement demand of a SKU against the stock that can serve it (case 13)."""
+        row = await self.pool.fetchrow("SELECT item FROM rma_catalogue WHERE sku = $1", sku)
+        if row is None:
+            raise NotFound(f"sku {sku} is not in the catalogue", sku=sku)
+        spec = CatalogueItemSpec.model_validate(_load(row["item"]))
+        proofs = await self.pool.fetch("SELECT serial, kind, purchase_date FROM rma_proofs WHERE sku = $1", sku)
+        started: dict[str, tuple[int, date]] = {}
+        for p in proofs:
+            rank = (_PROOF_PRIORITY.get(p["kind"], 9), p["purchase_date"])
+            if p["serial"] not in started or rank < started[p["serial"]]:
+                started[p["serial"]] = rank
+        last_day = timedelta(days=spec.warranty_days)
+        in_warranty = sum(1 for _, start in started.values() if start <= today <= start + last_day)
+        rmas = await self.pool.fetchval("SELECT count(*) FROM rma_cases WHERE sku = $1 AND status <> 'CANCELLED'", sku)
+        active = sorted({r.alt_sku for r in spec.substitutes if r.active})
+        levels = await self.pool.fetch(
+            "SELECT sku, sum(available) AS units FROM rma_stock WHERE sku = ANY($1::text[]) GROUP BY sku",
+            [sku, *active])
+        stock = {r["sku"]: int(r["units"]) for r in levels}
+        f = forecast_replacement_demand(sku=sku, eol=spec.eol, units_in_field=len(started),
+                                        units_in_warranty=in_warranty, rmas=rmas, own_stock=stock.get(sku, 0),
+                                        substitute_stock={s: stock.get(s, 0) for s in active},
+                                        failure_rate=failure_rate)
+        return {"sku": sku, "eol": f.eol, "as_of": today.isoformat(), "warranty_days": spec.warranty_days,
+                "units_in_field": f.units_in_field, "units_in_warranty": f.units_in_warranty, "rmas": f.rmas,
+                "failure_rate": float(f.failure_rate), "failure_rate_source": f.failure_rate_source,
+                "expected_rmas": f.expected_rmas, "own_stock": f.own_stock, "substitute_stock": f.substitute_stock,
+                "supply": f.supply, "shortfall": f.shortfall}

@@ -392,6 +392,7 @@ class RmaService:
             record = await uow.load(WarrantyRecord, cmd.serial)
             recorded = record.register(sku=cmd.sku, registration_id=registration_id, customer_id=cmd.customer_id,
                                        purchase_date=cmd.purchase_date, at=at, tz=self.tz)
+            await projections.save(uow, record)
             return {"serial": cmd.serial, "registration_id": registration_id, "recorded": recorded,
                     **warranty_response(record)}
 
@@ -404,6 +405,7 @@ class RmaService:
             record = await uow.load(WarrantyRecord, cmd.serial)
             recorded = record.record_sale(sku=cmd.sku, invoice_number=cmd.invoice_number, sold_on=cmd.sold_on,
                                           channel=cmd.channel, at=at, tz=self.tz)
+            await projections.save(uow, record)
             return {"serial": cmd.serial, "invoice_number": cmd.invoice_number, "recorded": recorded,
                     **warranty_response(record)}
 

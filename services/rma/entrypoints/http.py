@@ -6,6 +6,7 @@ and shape the response; errors are mapped in libs.http.errors (422 naming the fi
 
 from __future__ import annotations
 
+from fractions import Fraction
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Path, Query, Request, Response
@@ -32,6 +33,7 @@ from services.rma.domain.commands import (
     StartProcessing,
 )
 from services.rma.domain.events import RmaStatus
+from services.rma.domain.warranty import local_date
 
 _ID = r"^[A-Za-z0-9_.:-]+$"
 RmaId = Annotated[str, Path(min_length=1, max_length=64, pattern=_ID)]
@@ -271,5 +273,19 @@ def create_app(rma: Any | None) -> FastAPI:
                               cursor: Cursor = None) -> dict[str, Any]:
         """RMAs flagged as repeat failures (same serial, or an earlier RMA's replacement unit), newest first."""
         return await q(request).repeat_failures(sku=sku, limit=limit, cursor=cursor)
+
+    @app.get("/quality/replacement-demand", tags=["quality"],
+             responses={404: {"description": "not in the catalogue"}})
+    async def replacement_demand(
+            request: Request, sku: Annotated[str, Query(min_length=1, max_length=64, pattern=_ID)],
+            failure_rate: Annotated[float | None, Query(ge=0, le=1, description="a failure rate over the warranty "
+                                                                               "window (default: the observed one)")]
+            = None) -> dict[str, Any]:
+        """Warranty replacement demand of a SKU (case 13): units still under warranty x failure rate = the RMAs
+        still to come, against the stock that can replace them (its own while sold, its active substitutes')."""
+        service = svc(request)
+        today = local_date(service.clock(), service.tz)
+        rate = Fraction(str(failure_rate)) if failure_rate is not None else None
+        return await q(request).replacement_demand(sku, today=today, failure_rate=rate)  # type: ignore[no-any-return]
 
     return app
