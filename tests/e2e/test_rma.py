@@ -500,3 +500,38 @@ async def test_replacement_demand_of_an_eol_sku_against_its_substitutes_stock(ap
     assert (demand["supply"], demand["shortfall"], demand["failure_rate_source"]) == (1, 1, "given")
     observed = await api.get("/quality/replacement-demand", sku=skus["old"])
     assert (observed["failure_rate"], observed["expected_rmas"]) == (0.0, 0)
+
+
+async def test_concurrent_commands_never_take_the_last_unit_twice_nor_open_a_serial_twice(
+        api: RmaApi, feed: ShippingFeed) -> None:
+    skus = await api.catalogue()
+    home = f"{CENTRE}-{skus['run']}"
+    await api.put(f"/stock/{home}/{skus['new']}", {"available": 1})
+    rmas = [await api.eligible(skus["old"], warehouse=home) for _ in range(2)]
+    for v in rmas:
+        await api.shipped_in(feed, v["rma_id"])
+    results = await asyncio.gather(*(api.ok(f"/rmas/{v['rma_id']}/start-processing", {}, STAFF) for v in rmas))
+    assert sorted(r["stage"] for r in results) == ["ready", "unavailable"]  # one unit, one replacement
+    assert (await api.get("/stock", warehouse=home, sku=skus["new"]))["items"][0]["available"] == 0
+    waiting = next(r for r in results if r["stage"] == "unavailable")
+    assert waiting["allowed_commands"] == ["retry_replacement"]
+    await api.put(f"/stock/{home}/{skus['new']}", {"available": 1, "reason": "goods receipt"})
+    retried = await api.ok(f"/rmas/{waiting['rma_id']}/replacement/retry", {}, STAFF)
+    assert retried["stage"] == "ready"
+
+    serial = uid("SN")
+    today = datetime.now(TAIPEI).date()
+    await api.ok("/sales-records", {"serial": serial, "sku": skus["new"], "invoice_number": uid("INV"),
+                                    "sold_on": today.isoformat()}, STAFF)
+    body = {"serial": serial, "sku": skus["new"], "fault_code": "sensor.tracking", "contact": {"customer_id": "c-1"},
+            "ship_to": {"name": "W", "line1": "x", "city": "臺北市"}}
+    responses = await asyncio.gather(*(api.post("/rmas", body, STAFF) for _ in range(5)))
+    assert sorted(r.status_code for r in responses) == [201, 409, 409, 409, 409]
+    assert len((await api.get("/rmas", serial=serial))["items"]) == 1
+    # A retried request with the same Idempotency-Key returns the first result and stores nothing more.
+    key = {**STAFF, "Idempotency-Key": uid("idem")}
+    serial2 = uid("SN")
+    first = await api.post("/rmas", {**body, "serial": serial2}, key)
+    again = await api.post("/rmas", {**body, "serial": serial2}, key)
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert again.json()["rma_id"] == first.json()["rma_id"] and again.headers["Idempotent-Replayed"] == "true"
