@@ -17,6 +17,9 @@ HTTP_APPS = {
     "orders": "services.orders.entrypoints.http:create_app",
     "projector": "services.projector.entrypoints.http:create_app",
     "payments": "services.payments.entrypoints.http:create_app",
+    "rma": "services.rma.entrypoints.http:create_app",
+    "shipping": "services.shipping.entrypoints.http:create_app",
+    "notifications": "services.notifications.entrypoints.http:create_app",
 }
 
 # Who consumes which topic (documented as AsyncAPI receive operations).
@@ -24,6 +27,9 @@ CONSUMERS = {
     "orders.events": ["projector", "payments"],
     "payments.events": ["orders"],
     "payments.upstream": ["payments"],
+    "rma.events": ["shipping", "notifications"],
+    "shipping.events": ["rma", "notifications"],
+    "carrier.tracking": ["shipping"],
 }
 
 
