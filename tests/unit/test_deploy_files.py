@@ -35,9 +35,8 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 DOCKERFILES = sorted(DEPLOY.glob("**/Dockerfile*"))
 
 INFRASTRUCTURE = ("kafka", "postgres")
-# Every process compose and the images start, as `python -m services.<name>`. payments,
-# rma, shipping and notifications join this list when they are added.
-EXPECTED_SERVICES = ("relay", "orders", "projector", "payments")
+# Every process compose and the images start, as `python -m services.<name>`.
+EXPECTED_SERVICES = ("relay", "orders", "projector", "payments", "rma", "shipping", "notifications")
 
 
 def _rel(path: Path) -> str:
