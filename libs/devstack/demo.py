@@ -13,6 +13,8 @@ C. The Kolable war room (seed 000): Wade imports an export of six course orders 
    Stripe reports the rest through the signed webhook (a student re-buys a refunded course; a
    card dispute on another order), and Louis decides to pursue one refund. The demo prints each
    order's status with its reason and next step, and the reconciliation scorecard.
+D. The after-sales seed (001): the mouse replaced under warranty (libs/devstack/demo_mouse.py),
+   with the link to its tracking page.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from zoneinfo import ZoneInfo
 from rich.table import Table
 
 from libs.devstack.client import PlatformClient
+from libs.devstack.demo_mouse import run_mouse_story
 from libs.devstack.stripe import charge_succeeded, dispute_created, send_webhook
 from libs.domain.money import Money
 
@@ -66,6 +69,7 @@ async def run_demo(endpoints: dict[str, Any]) -> dict[str, Any]:
         a = await _prepaid_order_with_adjusted_bill(client, stripe, run)
         b = await _customer_cancels_30_hours_before(client, stripe, run, endpoints["postgres_url"])
         c = await _kolable_war_room(client, stripe, run, services["payments"])
+        d = await run_mouse_story(endpoints, endpoints["carrier_webhook_secret"]) if "rma" in services else None
     finally:
         await client.aclose()
     table = Table(title="demo: final states (from the projector's read model)")
@@ -74,9 +78,12 @@ async def run_demo(endpoints: dict[str, Any]) -> dict[str, Any]:
     for row in (a, b):
         table.add_row(row["order_id"], row["story"], f"{row['status']} {row['status_label']}",
                       row["reasons"], row["money"], row["cancellation"])
-    return {"orders": [a, b], "kolable": c, "tables": [table, c["table"], c["scorecard_table"]],
-            "links": {**{r["order_id"]: f"{services['projector']}/orders/{r['order_id']}" for r in (a, b)},
-                      "kolable scorecard": f"{services['payments']}/kolable/reconciliation/scorecard"}}
+    tables = [table, c["table"], c["scorecard_table"]] + ([d["table"]] if d else [])
+    links = {**{r["order_id"]: f"{services['projector']}/orders/{r['order_id']}" for r in (a, b)},
+             "kolable scorecard": f"{services['payments']}/kolable/reconciliation/scorecard"}
+    if d:
+        links["mouse tracking page"] = d["tracking_page"]
+    return {"orders": [a, b], "kolable": c, "mouse": d, "tables": tables, "links": links}
 
 
 def _fmt(m: dict[str, Any] | None) -> str:

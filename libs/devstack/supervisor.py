@@ -31,6 +31,7 @@ from rich.table import Table
 from libs.devstack.kafka import EmbeddedKafka
 from libs.devstack.postgres import EmbeddedPostgres
 from libs.devstack.procs import die_with_parent, free_port, stop_process
+from services.shipping.bootstrap import DEV_CARRIER_SECRET
 
 console = Console()
 ROOT = Path(__file__).resolve().parents[2]
@@ -144,6 +145,11 @@ class Supervisor:
             "stripe_webhook_secret": self.webhook_secret,
             "stripe_webhook_url": next(
                 (f"{c.url}/webhooks/stripe" for c in self.children if c.name == "payments"), None),
+            # shipping runs with its development secrets (refused in production): carriers sign their
+            # tracking webhooks (X-Carrier-Signature: sha256=<HMAC of the body>) with this one.
+            "carrier_webhook_secret": DEV_CARRIER_SECRET,
+            "tracking_page": next((f"{c.url}/track/{{tracking number or RMA id}}/page" for c in self.children
+                                   if c.name == "shipping"), None),
             "logs": str(STATE / "logs"),
             "pids": {c.name: c.proc.pid for c in self.children if c.proc},
         }
@@ -194,6 +200,8 @@ def _summary(sup: Supervisor, demo_result: dict | None) -> None:
     if demo_result:
         for table in demo_result.get("tables") or [demo_result]:
             console.print(table)
+        for name, url in (demo_result.get("links") or {}).items():
+            console.print(f"  {name}: {url}")
 
 
 app = typer.Typer(add_completion=False, help="closeloop development stack")

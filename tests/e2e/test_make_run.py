@@ -67,6 +67,11 @@ def test_make_run_starts_the_stack_runs_the_demo_and_ctrl_c_leaves_no_process(tm
         for status in ("paid_valid", "refunded_no_rebuy", "refunded_rebought", "dispute_pending", "data_gap"):
             assert status in out, status
         assert "re-bought course" in out and "recovered by re-buys TWD 28,000.00 (1 re-buys)" in out
+        # The mouse story: replaced once, closed, and its tracking page answers.
+        assert "demo D" in out and "→ 1 shipment" in out and "RMA CLOSED (replacement_delivered)" in out
+        page = next(line.split(": ", 1)[1].strip() for line in out.splitlines() if "mouse tracking page:" in line)
+        r = httpx.get(page, timeout=5)
+        assert r.status_code == 200 and "Delivered" in r.text
         dev = json.loads((state / "dev.json").read_text())
         for name, url in dev["services"].items():
             assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200, name

@@ -191,6 +191,10 @@ async def test_the_mouse_is_replaced_once_under_warranty_and_its_replacement_fai
         track = await p.ok("GET", f"{p.shipping}/track/{rma_id}")
         assert track["status"] == "Delivered" and track["tracking_number"] == tracking
         assert [h["status"] for h in track["history"]] == ["InTransit", "OutForDelivery", "Delivered"]
+        page = await http.get(f"{p.shipping}/track/{tracking}/page")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert tracking in page.text and "Delivered" in page.text and "已送達" in page.text
+        assert "<script" not in page.text  # a page that works with nothing loaded from elsewhere
 
         # Exactly one shipment, in the store and in shipping's table, whatever was sent.
         assert await count(stack, "SELECT count(*) FROM events WHERE event_type = 'ShipmentCreated' "

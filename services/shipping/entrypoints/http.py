@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from pathlib import Path as FsPath
 from typing import Annotated, Any, Literal
 
+import jinja2
 from fastapi import APIRouter, FastAPI, Path, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from libs.http.context import Ctx
@@ -188,6 +190,18 @@ async def track(ref: IdPath, request: Request) -> dict[str, Any]:
     status beside the carrier's own), the ETA and where it comes from (carrier, out_for_delivery,
     service_level), the shipment and RMA ids, and the RMA's other parcels."""
     return await track_query(_c(request).store, ref)
+
+
+_PAGES = jinja2.Environment(loader=jinja2.FileSystemLoader(FsPath(__file__).parents[1] / "templates"),
+                            autoescape=jinja2.select_autoescape(["html", "j2"]), undefined=jinja2.StrictUndefined)
+
+
+@router.get("/track/{ref}/page", tags=["tracking"], response_class=HTMLResponse,
+            responses={404: {"description": "no parcel with this tracking number or RMA id"}})
+async def track_page(ref: IdPath, request: Request) -> HTMLResponse:
+    """The tracking page for customers: the same as GET /track/{ref}, as HTML (no scripts, nothing external)."""
+    found = await track_query(_c(request).store, ref)
+    return HTMLResponse(_PAGES.get_template("track.html.j2").render(t=found))
 
 
 # --- manifests and duplicates --------------------------------------------------------------------
