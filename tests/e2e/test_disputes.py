@@ -7,11 +7,9 @@ section; unknown disputes are 404."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -24,6 +22,7 @@ from libs.devstack.stripe import charge_succeeded, stripe_id
 from tests.e2e.test_order_flow import ADDRESS, order_body
 from tests.e2e.test_payments_commands import bill_and_confirm
 from tests.e2e.test_payments_flow import send
+from tests.support.wait import until
 
 pytestmark = pytest.mark.e2e
 
@@ -65,18 +64,6 @@ async def stream(pg_dsn: str, stream_id: str) -> list[tuple[str, dict[str, Any]]
     found = await rows(pg_dsn, "SELECT event_type, data FROM events WHERE stream_id = $1 ORDER BY stream_version",
                        stream_id)
     return [(r["event_type"], json.loads(r["data"])) for r in found]
-
-
-async def until(what: str, check: Callable[[], Awaitable[Any]], timeout: float = 20) -> Any:
-    """Poll `check` (bounded) until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{what}: not seen within {timeout} s (last: {last})")
 
 
 async def tx_has(stack: Any, order_id: str, event_type: str) -> list[dict[str, Any]]:

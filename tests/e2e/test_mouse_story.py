@@ -11,10 +11,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -27,6 +25,7 @@ from faststream.kafka import KafkaBroker
 from libs.eventstore import EventStore
 from libs.messaging import envelope
 from services.registry import RMA_EVENTS
+from tests.support.wait import until
 
 pytestmark = pytest.mark.e2e
 
@@ -41,17 +40,6 @@ def uid(prefix: str) -> str:
 
 def twd(amount: int) -> dict[str, Any]:
     return {"amount": amount, "currency": "TWD"}
-
-
-async def until(what: str, check: Callable[[], Awaitable[Any]], timeout: float = 45) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{what}: not seen within {timeout} s (last: {last})")
 
 
 class Platform:

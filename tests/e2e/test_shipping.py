@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -32,6 +31,7 @@ from services.registry import CARRIER_TRACKING, RMA_EVENTS
 from services.rma.domain.events import Contact, RmaEligible, RmaReplacementReady, ShippingAddress, WarrantyBasis
 from services.shipping.bootstrap import DEV_CARRIER_SECRET
 from services.shipping.entrypoints.http import SIGNATURE_HEADER, sign_carrier_body
+from tests.support.wait import until
 
 pytestmark = pytest.mark.e2e
 
@@ -42,18 +42,6 @@ TOKYO = ShippingAddress(name="Sato", line1="1-1 Marunouchi", city="Tokyo", count
 
 def uid(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-async def until(check: Callable[[], Awaitable[Any]], what: str, timeout: float = 30) -> Any:
-    """Poll `check` (bounded) until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(0.1)
-    raise TimeoutError(f"{what} did not happen within {timeout} s; last seen: {last!r}")
 
 
 class RmaFeed:
@@ -125,7 +113,7 @@ class Shipping:
                 return dict(r.json())
             return None
 
-        return dict(await until(check, f"{ref} tracked as {until_status}", timeout))
+        return dict(await until(f"{ref} tracked as {until_status}", check, timeout))
 
     async def ship(self, body: dict[str, Any], key: str | None = None) -> httpx.Response:
         return await self.post("/shipments", body, {**SERVICE, "Idempotency-Key": key or uid("key")})
@@ -191,9 +179,9 @@ async def test_a_return_label_is_issued_once_per_rma_whatever_the_redeliveries(s
         r = await shipping.get("/labels", rma_id=rma)
         return r.json()["labels"] if r.status_code == 200 and r.json()["labels"] else None
 
-    [view] = await until(label, "the return label")
-    await until(lambda: shipping.processed(first[2][envelope.H_EVENT_ID], again[2][envelope.H_EVENT_ID]),
-                "both RmaEligible processed")
+    [view] = await until("the return label", label)
+    await until("both RmaEligible processed",
+                lambda: shipping.processed(first[2][envelope.H_EVENT_ID], again[2][envelope.H_EVENT_ID]))
     assert await shipping.count(f"label-{view['label_id']}", "ReturnLabelIssued") == 1
     assert len((await shipping.get("/labels", rma_id=rma)).json()["labels"]) == 1
     r = await shipping.get(f"/labels/{view['label_id']}")
@@ -216,7 +204,7 @@ async def test_the_inbound_scan_is_recorded_once_and_forged_payloads_are_refused
         r = await shipping.get("/labels", rma_id=rma)
         return r.json()["labels"][0] if r.status_code == 200 and r.json()["labels"] else None
 
-    lab = await until(label, "the return label")
+    lab = await until("the return label", label)
     stream = f"label-{lab['label_id']}"
     forged = lab["barcode_payload"].rsplit("|", 1)[0] + "|AAAAAAAAAAAAAAAAAAAAAAAA"
     for path, body in [(f"/labels/{lab['label_id']}/scan", {"payload": forged}), ("/labels/scan", {"payload": forged}),
@@ -267,8 +255,8 @@ async def test_five_concurrent_requests_and_a_redelivered_replacement_ready_make
     message = await published
     responses.append(await shipping.ship(body, key))  # the client's retry with its key
     reemitted = await feed.publish(replacement_ready(rma, customer))  # the rma service emits it again
-    await until(lambda: shipping.processed(message[2][envelope.H_EVENT_ID], reemitted[2][envelope.H_EVENT_ID]),
-                "the RmaReplacementReady (both ids) processed")
+    await until("the RmaReplacementReady (both ids) processed",
+                lambda: shipping.processed(message[2][envelope.H_EVENT_ID], reemitted[2][envelope.H_EVENT_ID]))
 
     assert all(r.status_code in (200, 201) for r in responses), [r.text for r in responses]
     assert sum(r.status_code == 201 for r in responses) <= 1
@@ -504,7 +492,7 @@ async def test_manifest_duplicates_are_flagged_once_and_followed_up(shipping: Sh
         rows = (await shipping.get("/duplicates", status="open")).json()["duplicates"]
         return [d for d in rows if d["rma_id"] == other_rma]
 
-    [second] = await until(flagged, "the duplicate of the late shipment")
+    [second] = await until("the duplicate of the late shipment", flagged)
     assert second["original"]["tracking_number"] == outside_number
     assert second["extra"]["shipment_id"] == late.json()["shipment_id"]
     r = await shipping.post(f"/duplicates/{second['duplicate_id']}/resolve",
