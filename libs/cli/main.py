@@ -14,7 +14,15 @@ import typer
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="closeloop: replay, verify and export the event store; tokens; reconciliation")
 
-# module -> how it registers: a Typer sub-app named `app` (added as a group) or `register(app)`.
+@app.command()
+def version() -> None:
+    """Print the closeloop version."""
+    from importlib.metadata import version as v
+
+    typer.echo(v("closeloop"))
+
+
+# Each module defines `register(app)`, adding its commands or a sub-app (group).
 MODULES = ("libs.cli.audit", "libs.cli.tokens", "libs.cli.reconcile", "libs.cli.dev")
 
 
