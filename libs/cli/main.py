@@ -14,6 +14,11 @@ import typer
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="closeloop: replay, verify and export the event store; tokens; reconciliation")
 
+@app.callback()
+def _root() -> None:
+    """closeloop: replay, verify and export the event store; tokens; reconciliation."""
+
+
 @app.command()
 def version() -> None:
     """Print the closeloop version."""
