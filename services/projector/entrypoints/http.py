@@ -17,6 +17,7 @@ from libs.http.health import install_health
 from libs.messaging.consumer import refresh_consumer_lag
 from libs.observability import install_metrics
 from services.orders.domain.events import OrderStatus
+from services.projector.entrypoints.console_http import router as console_router
 
 OrderId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
@@ -161,6 +162,7 @@ def create_app(projector: Any | None) -> FastAPI:
 
     install_health(app, lambda: app.state.projector.store.pool, ready_details,
                    readiness="the consumer's progress (batches, events applied, duplicates, offsets).")
+    app.include_router(console_router)
 
     @app.get("/orders/{order_id}", response_model=OrderView, tags=["orders"],
              responses={404: {"description": "no such order in the read model (yet)"}})
