@@ -20,6 +20,7 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+HAVE_CHROMIUM = Path(CHROMIUM).exists()
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run", "--disable-quic"]
 COLUMNS = ["order_id", "student_id", "course_id", "amount", "currency", "ordered_at", "payment_status", "paid_at",
@@ -48,7 +49,7 @@ def export(run: str) -> bytes:
 async def browser() -> AsyncIterator[Any]:
     from playwright.async_api import async_playwright
 
-    if not Path(CHROMIUM).exists():
+    if not HAVE_CHROMIUM:
         pytest.fail(f"Chromium is not installed at {CHROMIUM}: .ci/run installs Debian's chromium package")
     async with async_playwright() as p:
         b = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
