@@ -33,7 +33,7 @@ from libs.cli.jsonable import dumps
 
 T = TypeVar("T")
 
-out = Console(highlight=False, soft_wrap=False)
+out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
 JsonOpt = typer.Option(False, "--json", help="print one JSON document instead of tables")
@@ -51,6 +51,9 @@ def _guard(fn: Callable[..., None]) -> Callable[..., None]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> None:
+        global out, err
+        # Made per command, so that the width ($COLUMNS) and the streams are those of this run.
+        out, err = Console(highlight=False), Console(stderr=True, highlight=False)
         try:
             fn(*args, **kwargs)
         except CliError as exc:
