@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -115,13 +115,25 @@ class _NoStream(Exception):
     pass
 
 
-def _meta_line(e: dict[str, Any]) -> str:
-    parts = [f"[bold]#{e['stream_version']}[/] {e['event_type']}", f"position {e['global_position']}",
-             e["recorded_at"], f"actor {e['actor']} ({e['role']})"]
-    if e.get("reason"):
-        parts.append(f"reason: {e['reason']}")
-    parts.append(f"correlation {e['correlation_id']}")
-    return " · ".join(str(p) for p in parts)
+def _when(iso: str) -> str:
+    """A recorded_at for tables: UTC to the millisecond (JSON output keeps the full value)."""
+    at = datetime.fromisoformat(iso).astimezone(UTC)
+    return at.strftime("%Y-%m-%d %H:%M:%S.") + f"{at.microsecond // 1000:03d}"
+
+
+def _why(e: dict[str, Any]) -> str:
+    """The reason, and where it comes from when it is not the command's own (metadata.reason)."""
+    if not e.get("why"):
+        return ""
+    return e["why"] if e["why_from"] == "metadata.reason" else f"{e['why']} ({e['why_from']})"
+
+
+def _meta_lines(e: dict[str, Any]) -> list[str]:
+    who = f"   by {e['actor']} ({e['role']}) · correlation {e['correlation_id']}"
+    if e.get("why"):
+        who += f" · why: {_why(e)}"
+    return [f"[bold]#{e['stream_version']} {e['event_type']}[/]  position {e['global_position']} · "
+            f"recorded {_when(e['recorded_at'])} UTC", who]
 
 
 def _replay_cmd(stream: str = typer.Argument(..., metavar="STREAM", help="stream id, e.g. order-ord123"),
@@ -152,15 +164,16 @@ def _replay_cmd(stream: str = typer.Argument(..., metavar="STREAM", help="stream
     for step in result.steps:
         e = step.to_json()
         out.print()
-        out.print(_meta_line(e))
+        for line in _meta_lines(e):
+            out.print(line)
         if step.error:
-            out.print(f"  [red]{step.error}[/]")
+            out.print(f"   [red]{step.error}[/]")
         elif step.state is not None:
             if full_state:
                 out.print_json(dumps(step.state))
             else:
                 for key in step.changed:
-                    out.print(f"  {key} = {_short(step.state.get(key), 110)}")
+                    out.print(f"   {key} = {_short(step.state.get(key), max(20, out.width - len(key) - 7))}")
     if result.state is not None and not full_state:
         out.print()
         out.print("[bold]state after the last event shown[/]")
@@ -362,7 +375,7 @@ def _export_cmd(out_dir: Path = typer.Option(..., "--out", metavar="DIR", help="
         return
     table = Table(title=f"{doc['events']} events exported to {out_dir}")
     for col in ("file", "events", "positions", "bytes", "sha256"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for f in doc["files"]:
         table.add_row(f["name"], str(f["events"]), f"{f['first_position']}..{f['last_position']}", str(f["bytes"]),
                       f["sha256"])
@@ -404,6 +417,7 @@ def _audit_cmd(actor: str | None = typer.Option(None, "--actor", help="who (meta
                from_: str | None = FromOpt, to: str | None = ToOpt, stream_prefix: str | None = PrefixOpt,
                limit: int = typer.Option(50, "--limit", min=1, max=10000, help="events per page"),
                cursor: str | None = typer.Option(None, "--cursor", help="continue after a page (printed at its end)"),
+               data: bool = typer.Option(False, "--data", help="show each event's data too (always in --json)"),
                json_: bool = JsonOpt, database_url: str | None = DatabaseUrl) -> None:
     """Who changed what, when and why (from each event's metadata), newest first, one page at a time."""
     flt = _filter(stream_prefix, from_, to, actor, role)
@@ -411,12 +425,18 @@ def _audit_cmd(actor: str | None = typer.Option(None, "--actor", help="who (meta
     if json_:
         _print_json(doc)
         return
-    table = Table(title=f"{len(doc['items'])} changes, newest first")
-    for col in ("recorded at", "actor", "role", "stream", "v", "event", "reason", "correlation", "data"):
-        table.add_column(col, overflow="fold")
+    table = Table(title=f"{len(doc['items'])} changes, newest first", show_lines=True)
+    table.add_column("recorded (UTC)", no_wrap=True)
+    table.add_column("who (role)", overflow="fold")
+    table.add_column("what: event, stream #version", overflow="fold")
+    table.add_column("why", overflow="fold")
+    table.add_column("correlation", overflow="fold")
+    if data:
+        table.add_column("data", overflow="fold")
     for e in doc["items"]:
-        table.add_row(e["recorded_at"], str(e["actor"]), str(e["role"]), e["stream_id"], str(e["stream_version"]),
-                      e["event_type"], e["reason"] or "", str(e["correlation_id"]), _short(e["data"], 60))
+        row = [_when(e["recorded_at"]), f"{e['actor']} ({e['role']})",
+               f"{e['event_type']}\n{e['stream_id']} #{e['stream_version']}", _why(e), str(e["correlation_id"])]
+        table.add_row(*row, *([_short(e["data"], 200)] if data else []))
     out.print(table)
     if doc["next_cursor"]:
         out.print(f"next page: --cursor {doc['next_cursor']}")

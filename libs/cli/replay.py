@@ -27,17 +27,32 @@ from libs.domain.aggregate import Aggregate
 from libs.domain.events import UnknownEventType, UnsupportedSchemaVersion, registry
 from libs.eventstore import RecordedEvent
 
+WHY_FIELDS = ("reason", "reason_code", "close_reason", "resolution", "note")
+
+
+def why_of(e: RecordedEvent) -> tuple[str | None, str | None]:
+    """(why, from where): the reason the command gave (metadata.reason, from X-Reason or the
+    reacting service), else the event's own reason field, if it has one."""
+    if e.metadata.get("reason"):
+        return str(e.metadata["reason"]), "metadata.reason"
+    for name in WHY_FIELDS:
+        value = e.data.get(name)
+        if isinstance(value, str) and value:
+            return value, f"data.{name}"
+    return None, None
+
 
 def event_view(e: RecordedEvent) -> dict[str, Any]:
     """What an auditor sees of one stored event: where it is, who did it, in which role and why."""
     m = e.metadata
+    why, why_from = why_of(e)
     return {
         "global_position": e.global_position, "transaction_id": e.transaction_id, "stream_id": e.stream_id,
         "stream_version": e.stream_version, "event_id": str(e.event_id), "event_type": e.event_type,
         "schema_version": e.schema_version, "recorded_at": e.recorded_at.isoformat(),
         "actor": m.get("actor"), "role": m.get("role"), "reason": m.get("reason"),
         "correlation_id": m.get("correlation_id"), "causation_id": m.get("causation_id"),
-        "data": to_jsonable(e.data),
+        "why": why, "why_from": why_from, "data": to_jsonable(e.data),
     }
 
 
