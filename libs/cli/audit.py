@@ -25,8 +25,10 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from libs.cli.db import CliError, DatabaseUrl, connect, parse_time, redact, resolve_dsn
 from libs.cli.jsonable import dumps
@@ -57,7 +59,7 @@ def _guard(fn: Callable[..., None]) -> Callable[..., None]:
         try:
             fn(*args, **kwargs)
         except CliError as exc:
-            err.print(f"[red]error:[/] {exc}")
+            err.print(f"[red]error:[/] {escape(str(exc))}")
             raise typer.Exit(2) from None
 
     return wrapper
@@ -91,6 +93,11 @@ def _filter(stream_prefix: str | None = None, from_: str | None = None, to: str 
 def _short(value: Any, width: int = 80) -> str:
     text = value if isinstance(value, str) else dumps(value)
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _cells(*values: Any) -> list[Text]:
+    """Table cells as plain text: stored values are shown as they are, never read as Rich markup."""
+    return [Text("" if v is None else str(v)) for v in values]
 
 
 # ---------------------------------------------------------------------------------------- replay
@@ -129,10 +136,10 @@ def _why(e: dict[str, Any]) -> str:
 
 
 def _meta_lines(e: dict[str, Any]) -> list[str]:
-    who = f"   by {e['actor']} ({e['role']}) · correlation {e['correlation_id']}"
+    who = f"   by {escape(str(e['actor']))} ({escape(str(e['role']))}) · correlation {escape(str(e['correlation_id']))}"
     if e.get("why"):
-        who += f" · why: {_why(e)}"
-    return [f"[bold]#{e['stream_version']} {e['event_type']}[/]  position {e['global_position']} · "
+        who += f" · why: {escape(_why(e))}"
+    return [f"[bold]#{e['stream_version']} {escape(e['event_type'])}[/]  position {e['global_position']} · "
             f"recorded {_when(e['recorded_at'])} UTC", who]
 
 
@@ -149,7 +156,7 @@ def _replay_cmd(stream: str = typer.Argument(..., metavar="STREAM", help="stream
     try:
         result, stored = _run(_load_replay(resolve_dsn(database_url), stream, at))
     except _NoStream:
-        err.print(f"[red]no events in stream {stream!r}[/]")
+        err.print(f"[red]no events in stream {escape(repr(stream))}[/]")
         raise typer.Exit(1) from None
     doc = {"stream_id": stream, "aggregate": result.shown_by, "as_of": at.isoformat() if at else None,
            "events_shown": len(result.steps), "events_stored": stored, "error": result.error,
@@ -157,23 +164,25 @@ def _replay_cmd(stream: str = typer.Argument(..., metavar="STREAM", help="stream
     if json_:
         _print_json(doc)
         return
-    out.print(f"[bold]{stream}[/]  {result.shown_by}")
+    out.print(f"[bold]{escape(stream)}[/]  {escape(result.shown_by)}")
     out.print(f"{len(result.steps)} of {stored} events" + (f" recorded at or before {at.isoformat()}" if at else ""))
     if result.error:
-        out.print(f"[red]{result.error}[/]")
+        out.print(f"[red]{escape(result.error)}[/]")
     for step in result.steps:
         e = step.to_json()
         out.print()
         for line in _meta_lines(e):
             out.print(line)
         if step.error:
-            out.print(f"   [red]{step.error}[/]")
+            out.print(f"   [red]{escape(step.error)}[/]")
         elif step.state is not None:
             if full_state:
                 out.print_json(dumps(step.state))
             else:
                 for key in step.changed:
-                    out.print(f"   {key} = {_short(step.state.get(key), max(20, out.width - len(key) - 7))}")
+                    # One line per attribute, cut at the terminal's width (wide characters counted).
+                    out.print(f"   {key} = {_short(step.state.get(key), 2000)}", markup=False, no_wrap=True,
+                              overflow="ellipsis", crop=True)
     if result.state is not None and not full_state:
         out.print()
         out.print("[bold]state after the last event shown[/]")
@@ -190,7 +199,7 @@ def _state_cmd(stream: str = typer.Argument(..., metavar="STREAM"),
     try:
         result, stored = _run(_load_replay(resolve_dsn(database_url), stream, at))
     except _NoStream:
-        err.print(f"[red]no events in stream {stream!r}[/]")
+        err.print(f"[red]no events in stream {escape(repr(stream))}[/]")
         raise typer.Exit(1) from None
     last = result.steps[-1].event if result.steps else None
     doc = {"stream_id": stream, "aggregate": result.shown_by, "as_of": at.isoformat() if at else None,
@@ -204,15 +213,15 @@ def _state_cmd(stream: str = typer.Argument(..., metavar="STREAM"),
     if json_:
         _print_json(doc)
         return
-    out.print(f"[bold]{stream}[/]  {result.shown_by}")
+    out.print(f"[bold]{escape(stream)}[/]  {escape(result.shown_by)}")
     when = f"as of {at.isoformat()}" if at else "now"
     if last is None:
         out.print(f"{when}: no event recorded yet (the stream's first event is later)")
     else:
         out.print(f"{when}: version {len(result.steps)} of {stored}, last event #{last.stream_version} "
-                  f"{last.event_type} at {last.recorded_at.isoformat()} (position {last.global_position})")
+                  f"{escape(last.event_type)} at {last.recorded_at.isoformat()} (position {last.global_position})")
     if doc["error"]:
-        out.print(f"[red]{doc['error']}[/]")
+        out.print(f"[red]{escape(str(doc['error']))}[/]")
     if result.state is not None:
         out.print_json(dumps(result.state))
 
@@ -313,8 +322,8 @@ def _verify_cmd(from_: str | None = FromOpt, to: str | None = ToOpt, stream_pref
             for col in ("kind", "stream", "version", "position", "source", "detail"):
                 table.add_column(col, overflow="fold")
             for f in shown:
-                table.add_row(f["kind"], f["stream_id"] or "", str(f["stream_version"] or ""),
-                              str(f["global_position"] or ""), f["source"], f["detail"])
+                table.add_row(*_cells(f["kind"], f["stream_id"], f["stream_version"], f["global_position"],
+                                      f["source"], f["detail"]))
             out.print(table)
             if doc.get("findings_truncated"):
                 out.print(f"… and {doc['findings_truncated']} more (--max-findings)")
@@ -377,8 +386,8 @@ def _export_cmd(out_dir: Path = typer.Option(..., "--out", metavar="DIR", help="
     for col in ("file", "events", "positions", "bytes", "sha256"):
         table.add_column(col, overflow="fold")
     for f in doc["files"]:
-        table.add_row(f["name"], str(f["events"]), f"{f['first_position']}..{f['last_position']}", str(f["bytes"]),
-                      f["sha256"])
+        table.add_row(*_cells(f["name"], f["events"], f"{f['first_position']}..{f['last_position']}", f["bytes"],
+                              f["sha256"]))
     out.print(table)
     out.print(f"manifest: {doc['manifest']}  ({doc['seconds']} s, {doc['events_per_second'] or '-'} events/s)")
 
@@ -436,7 +445,7 @@ def _audit_cmd(actor: str | None = typer.Option(None, "--actor", help="who (meta
     for e in doc["items"]:
         row = [_when(e["recorded_at"]), f"{e['actor']} ({e['role']})",
                f"{e['event_type']}\n{e['stream_id']} #{e['stream_version']}", _why(e), str(e["correlation_id"])]
-        table.add_row(*row, *([_short(e["data"], 200)] if data else []))
+        table.add_row(*_cells(*row, *([_short(e["data"], 200)] if data else [])))
     out.print(table)
     if doc["next_cursor"]:
         out.print(f"next page: --cursor {doc['next_cursor']}")

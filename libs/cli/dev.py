@@ -17,6 +17,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from libs.cli.db import CliError, DatabaseUrl, redact, resolve_dsn
@@ -108,7 +109,7 @@ def seed_cmd(events: int = typer.Option(100_000, "--events", min=1, help="how ma
         doc = asyncio.run(_seed(resolve_dsn(database_url), events, batch_events, concurrency, seed, days,
                                 read_model, not json_))
     except CliError as exc:
-        Console(stderr=True).print(f"[red]error:[/] {exc}")
+        Console(stderr=True).print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
     if json_:
         typer.echo(dumps(doc, pretty=True))
