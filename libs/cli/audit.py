@@ -229,20 +229,25 @@ def _state_cmd(stream: str = typer.Argument(..., metavar="STREAM"),
 # ---------------------------------------------------------------------------------------- verify
 
 
-async def _verify(dsn: str, flt: Any, *, read_models: bool, grace: float, show_progress: bool) -> dict[str, Any]:
+async def _verify(dsn: str, flt: Any, *, read_models: bool, grace: float, jobs: int,
+                  show_progress: bool) -> dict[str, Any]:
     from libs.cli.integrity import Finding, check_tails
-    from libs.eventstore.audit import check_chains, count, snapshot
+    from libs.eventstore.audit import check_chains, count, end_shared, share_snapshot, snapshot
 
     conn = await connect(dsn)
+    helpers: list[Any] = []
     started = time.perf_counter()
     try:
+        helpers += [await connect(dsn) for _ in range(jobs - 1)]
         findings: list[Finding] = []
         async with snapshot(conn):
+            await share_snapshot(conn, helpers)  # every connection sees the same store
             total = await count(conn, flt)
             with _progress("hash chains", total, show_progress) as advance:
                 t0 = time.perf_counter()
-                checked, chain_findings = await check_chains(conn, flt, progress=advance)
+                checked, chain_findings = await check_chains([conn, *helpers], flt, progress=advance)
                 chain_seconds = time.perf_counter() - t0
+            await end_shared(helpers)
             findings += [Finding.of(f) for f in chain_findings]
             t0 = time.perf_counter()
             witnesses, tail_findings = await check_tails(conn, flt)
@@ -268,7 +273,8 @@ async def _verify(dsn: str, flt: Any, *, read_models: bool, grace: float, show_p
                            "streams": report.streams, "rows_compared": report.rows_compared,
                            "skipped": report.skipped})
     finally:
-        await conn.close()
+        for c in (conn, *helpers):
+            await c.close()
     elapsed = time.perf_counter() - started
     return {
         "ok": not findings, "database": redact(dsn),
@@ -291,11 +297,13 @@ def _verify_cmd(from_: str | None = FromOpt, to: str | None = ToOpt, stream_pref
                                             help="events younger than this may still be on their way to the "
                                                  "projector (not a finding)"),
                 max_findings: int = typer.Option(1000, "--max-findings", help="list at most this many"),
+                jobs: int = typer.Option(2, "--jobs", min=1, max=16,
+                                         help="database connections hashing in parallel (one snapshot)"),
                 json_: bool = JsonOpt, database_url: str | None = DatabaseUrl) -> None:
     """Check every hash chain, version continuity, stream tails against the read models' versions,
     and that the projector's read model equals a replay. Exit 1 on any finding, 0 on a clean store."""
     flt = _filter(stream_prefix, from_, to)
-    doc = _run(_verify(resolve_dsn(database_url), flt, read_models=read_models, grace=grace,
+    doc = _run(_verify(resolve_dsn(database_url), flt, read_models=read_models, grace=grace, jobs=jobs,
                        show_progress=not json_))
     shown = doc["findings"][:max_findings]
     if len(doc["findings"]) > max_findings:

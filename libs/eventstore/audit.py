@@ -9,8 +9,9 @@ any time inside the event's data). Bounds are inclusive: from <= recorded_at <= 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -120,48 +121,91 @@ async def stream_events(conn: asyncpg.Connection, stream_id: str) -> list[Record
     return [_row_to_event(r) for r in rows]
 
 
-async def check_chains(conn: asyncpg.Connection, flt: EventFilter, *, batch_size: int = 5000,
-                       progress: Any = None) -> tuple[int, list[Finding]]:
-    """Recompute the hash of every event the filter selects and check it against its predecessor
-    in the stream (which may lie outside a time range): `tampered` (content and stored hash
-    differ), `broken_link` (prev_hash is not the predecessor's hash), `version_gap` (the
-    predecessor version is missing, including version 1). Returns (events checked, findings).
-    `progress(n)` is called after each batch with the number of events in it.
+async def share_snapshot(conn: asyncpg.Connection, others: Sequence[asyncpg.Connection]) -> None:
+    """Make `others` see exactly what `conn` sees: `conn` is inside snapshot() (REPEATABLE READ);
+    each other connection opens a READ ONLY transaction on the snapshot `conn` exports (they stay
+    open until the caller ends them with end_shared())."""
+    snapshot_id = await conn.fetchval("SELECT pg_export_snapshot()")
+    for other in others:
+        await other.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        await other.execute(f"SET TRANSACTION SNAPSHOT '{snapshot_id}'")
+
+
+async def end_shared(others: Sequence[asyncpg.Connection]) -> None:
+    for other in others:
+        await other.execute("ROLLBACK")
+
+
+def _hash_of(alias: str = "") -> str:
+    a = f"{alias}." if alias else ""
+    return (f"closeloop_event_hash({a}prev_hash, {a}event_id, {a}stream_id, {a}stream_version, {a}event_type, "
+            f"{a}schema_version, {a}recorded_at, {a}data, {a}metadata)")
+
+
+async def check_chains(conns: Sequence[asyncpg.Connection], flt: EventFilter, *, chunk: int = 20000,
+                       progress: Callable[[int], None] | None = None) -> tuple[int, list[Finding]]:
+    """Check every event the filter selects (all of `conns` must see one snapshot: share_snapshot):
+
+    - its SHA-256, recomputed by the store's own closeloop_event_hash from the stored content:
+      `tampered` when it differs from the stored hash;
+    - its link to its predecessor in the stream (which may lie before a time range): `broken_link`
+      when prev_hash is not the predecessor's hash (GENESIS_HASH for version 1), `version_gap` when
+      the predecessor's version is missing (version 1 included).
+
+    Hashing is the expensive part (done by PostgreSQL): it runs in ranges of `chunk` global
+    positions spread over the connections, so two connections use two cores; the link check is
+    one window query over (stream, version) that reads no event data. Only problems come back.
+    Returns (events checked, findings); `progress(n)` is called as ranges finish.
 
     Deleting a stream's *last* events leaves a valid chain; that is found by comparing with what
     else records the stream's version (libs/cli/integrity.py)."""
     args: list[Any] = []
-    if flt.has_time:
-        # The window must see each chosen stream's earlier events too; hashes are computed only
-        # for the rows in the range (the outer WHERE), which is where the time goes.
-        time_only = EventFilter(from_time=flt.from_time, to_time=flt.to_time)
-        rest = EventFilter(stream_prefix=flt.stream_prefix, actor=flt.actor, role=flt.role)
-        inner_where = (f"stream_id IN (SELECT DISTINCT stream_id FROM events WHERE {time_only.where(args)}) "
-                       f"AND {rest.where(args)}")
-        outer_where = time_only.where(args)
-    else:
-        inner_where, outer_where = flt.where(args), "true"
-    sql = f"""
-        SELECT stream_id, stream_version, global_position, hash, prev_hash, expected_prev, prev_version,
-               closeloop_event_hash(prev_hash, event_id, stream_id, stream_version, event_type,
-                                    schema_version, recorded_at, data, metadata) AS computed
-          FROM (SELECT e.*, lag(hash) OVER w AS expected_prev, lag(stream_version) OVER w AS prev_version
-                  FROM events e WHERE {inner_where}
-                WINDOW w AS (PARTITION BY stream_id ORDER BY stream_version)) x
-         WHERE {outer_where}"""
+    bounds = await conns[0].fetchrow(
+        f"SELECT min(global_position) AS lo, max(global_position) AS hi, count(*) AS n FROM events "
+        f"WHERE {flt.where(args)}", *args)
+    if not bounds["n"]:
+        return 0, []
+    ranges = [(a, min(a + chunk - 1, bounds["hi"])) for a in range(bounds["lo"], bounds["hi"] + 1, chunk)]
     findings: list[Finding] = []
     checked = 0
-    cur = await conn.cursor(sql, *args)
-    while True:
-        rows = await cur.fetch(batch_size)
-        if not rows:
-            break
-        checked += len(rows)
+
+    async def hashes(conn: asyncpg.Connection, lo: int, hi: int) -> None:
+        nonlocal checked
+        a: list[Any] = [lo, hi]
+        row = await conn.fetchrow(
+            f"SELECT count(*) AS n, coalesce(array_agg(global_position) FILTER (WHERE hash <> {_hash_of()}), "
+            f"'{{}}') AS bad FROM events WHERE global_position BETWEEN $1 AND $2 AND {flt.where(a)}", *a)
+        checked += row["n"]
+        if row["bad"]:
+            for r in await conn.fetch("SELECT stream_id, stream_version, global_position FROM events "
+                                      "WHERE global_position = ANY($1::bigint[]) ORDER BY global_position",
+                                      row["bad"]):
+                findings.append(Finding("tampered", r["stream_id"], r["stream_version"], r["global_position"],
+                                        "the stored hash does not match the event's content"))
+        if progress is not None:
+            progress(row["n"])
+
+    async def links(conn: asyncpg.Connection) -> None:
+        a: list[Any] = []
+        if flt.has_time:
+            time_only = EventFilter(from_time=flt.from_time, to_time=flt.to_time)
+            rest = EventFilter(stream_prefix=flt.stream_prefix, actor=flt.actor, role=flt.role)
+            inner = (f"stream_id IN (SELECT DISTINCT stream_id FROM events WHERE {time_only.where(a)}) "
+                     f"AND {rest.where(a)}")
+            outer = time_only.where(a)
+        else:
+            inner, outer = flt.where(a), "true"
+        rows = await conn.fetch(
+            f"""SELECT stream_id, stream_version, global_position, prev_hash, expected_prev, prev_version
+                  FROM (SELECT stream_id, stream_version, global_position, recorded_at, prev_hash,
+                               lag(hash) OVER w AS expected_prev, lag(stream_version) OVER w AS prev_version
+                          FROM events WHERE {inner}
+                        WINDOW w AS (PARTITION BY stream_id ORDER BY stream_version)) x
+                 WHERE {outer} AND (stream_version <> coalesce(prev_version, 0) + 1
+                                    OR prev_hash <> coalesce(expected_prev, '{GENESIS_HASH}'))
+                 ORDER BY stream_id, stream_version""", *a)
         for r in rows:
             sid, ver, pos = r["stream_id"], r["stream_version"], r["global_position"]
-            if r["computed"] != r["hash"]:
-                findings.append(Finding("tampered", sid, ver, pos,
-                                        "the stored hash does not match the event's content"))
             prev_version = r["prev_version"] or 0
             if ver != prev_version + 1:
                 missing = f"version {prev_version + 1}" if ver == prev_version + 2 else \
@@ -170,8 +214,17 @@ async def check_chains(conn: asyncpg.Connection, flt: EventFilter, *, batch_size
             if r["prev_hash"] != (r["expected_prev"] or GENESIS_HASH):
                 findings.append(Finding("broken_link", sid, ver, pos,
                                         "prev_hash does not match the hash of the previous event in the stream"))
-        if progress is not None:
-            progress(len(rows))
+
+    todo = list(reversed(ranges))
+
+    async def worker(conn: asyncpg.Connection, with_links: bool) -> None:
+        if with_links:  # one connection takes the link check first, the others start hashing
+            await links(conn)
+        while todo:
+            await hashes(conn, *todo.pop())
+
+    await asyncio.gather(*(worker(c, i == len(conns) - 1) for i, c in enumerate(conns)))
+    findings.sort(key=lambda f: (f.stream_id, f.stream_version, f.kind))
     return checked, findings
 
 

@@ -40,6 +40,7 @@ from libs.cli.jsonable import state_of
 from libs.cli.main import app
 from libs.domain.events import registry
 from libs.eventstore import NO_STREAM, EventStore, RecordedEvent
+from libs.eventstore.audit import EventFilter, check_chains, end_shared, share_snapshot, snapshot
 from libs.eventstore.migrate import EVENTSTORE_MIGRATIONS, migrate
 from libs.messaging.consumer import EnvelopeBatchConsumer
 from services.orders.domain.order import Order
@@ -237,6 +238,18 @@ async def test_verify_finds_an_edited_event_row(new_db: Callable[[], Awaitable[D
         ("tampered", stream, 1)}
     # The replay carries the edit, so the read model (built from the original) differs too.
     assert any(f["kind"] == "read_model_drift" and f["stream_id"] == stream for f in doc["findings"])
+    # The same finding when the hashing is spread over small ranges and three connections.
+    conns = [await asyncpg.connect(db.dsn) for _ in range(3)]
+    try:
+        async with snapshot(conns[0]):
+            await share_snapshot(conns[0], conns[1:])
+            checked, found = await check_chains(conns, EventFilter(), chunk=3)
+            await end_shared(conns[1:])
+    finally:
+        for c in conns:
+            await c.close()
+    assert checked == await db.store.pool.fetchval("SELECT count(*) FROM events")
+    assert [(f.kind, f.stream_id, f.stream_version) for f in found] == [("tampered", stream, 1)]
 
     # An editor who also recomputes the row's hash breaks the link to the next event instead.
     other = stories[1].order_stream
