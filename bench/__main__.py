@@ -33,6 +33,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from libs.auth.client import ActorAuth, ActorTokens
 from libs.devstack.kafka import EmbeddedKafka
 from libs.devstack.postgres import EmbeddedPostgres
 from libs.devstack.procs import free_port
@@ -94,12 +95,12 @@ async def store_appends(store: EventStore, total: int, conns: int) -> tuple[floa
     return per * conns / (time.perf_counter() - t), latencies
 
 
-async def command_latency(orders: str, projector: str, n: int, rate: float) -> dict[str, Any]:
+async def command_latency(orders: str, projector: str, n: int, rate: float, auth: httpx.Auth) -> dict[str, Any]:
     tz = ZoneInfo("Asia/Taipei")
     cmd_lat: list[float] = []
     rm_lat: list[float] = []
     caught = 0
-    async with httpx.AsyncClient(timeout=10) as http:
+    async with httpx.AsyncClient(timeout=10, auth=auth) as http:
         async def one(i: int) -> None:
             nonlocal caught
             day = (datetime.now(tz) + timedelta(days=5 + i // 10)).date()
@@ -218,7 +219,11 @@ async def main() -> None:
                              "store_rate": round(rate), "ratio_to_raw": round(rate / raw, 2),
                              "p50_ms": round(pct(lat, 50) * 1000, 2), "p99_ms": round(pct(lat, 99) * 1000, 2)}
         env = {**os.environ, "DATABASE_URL": pg.dsn, "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
-               "CLOSELOOP_ENVIRONMENT": "test", "CLOSELOOP_LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1"}
+               "CLOSELOOP_ENVIRONMENT": "test", "CLOSELOOP_LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1",
+               "CLOSELOOP_SECRET_KEY": "closeloop-bench-" + uuid.uuid4().hex}
+        # The commands are placed by the platform's own service (one token: its lookup is in every request).
+        tokens = ActorTokens(pg.dsn, env["CLOSELOOP_SECRET_KEY"], created_by="bench")
+        auth = ActorAuth(tokens, write_as=("bench", "service"))
         secret = "whsec_bench_" + uuid.uuid4().hex
         env["CLOSELOOP_STRIPE_WEBHOOK_SECRETS"] = secret
         for name in ("relay", "orders", "projector", "payments"):
@@ -228,12 +233,13 @@ async def main() -> None:
             children.append(child)
         for child in children:
             _wait_ready(child)
-        await command_latency(children[1].url, children[2].url, 20, 20)  # warm-up
+        await command_latency(children[1].url, children[2].url, 20, 20, auth)  # warm-up
         results["command_to_read_model"] = []
         for rate in RATES:
             n = int(rate * (5 if QUICK else 15))
             console.print(f"{n} place-order commands at {rate}/s with read-your-writes …")
-            results["command_to_read_model"].append(await command_latency(children[1].url, children[2].url, n, rate))
+            results["command_to_read_model"].append(await command_latency(children[1].url, children[2].url, n, rate,
+                                                                          auth))
         orders = 300 if QUICK else 2000
         console.print(f"upstream: Stripe events of {orders} orders through payments.upstream …")
         results["upstream_kafka"] = await upstream_kafka(pg.dsn, kafka.bootstrap, orders, seed=1)

@@ -46,6 +46,11 @@ class ServiceSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _no_default_secret_outside_development(self) -> ServiceSettings:
-        if self.environment == "production" and self.secret_key == DEV_SECRET:
-            raise ValueError("CLOSELOOP_SECRET_KEY must be set outside development (the default secret is refused)")
+        # The secret keys the access tokens' hashes (libs/auth/tokens.py): a known one would let
+        # anyone who reads the token table test guesses offline. Only development may use it.
+        if self.environment != "development" and self.secret_key == DEV_SECRET:
+            raise ValueError(f"CLOSELOOP_SECRET_KEY must be set in {self.environment} (the default secret is "
+                             "refused outside development)")
+        if self.environment != "development" and len(self.secret_key) < 16:
+            raise ValueError("CLOSELOOP_SECRET_KEY must be at least 16 characters outside development")
         return self

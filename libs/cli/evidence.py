@@ -12,28 +12,27 @@ Layout of the output directory:
   SHA-256 (computed from the file as written to disk).
 - SHA256SUMS: the same checksums in `sha256sum -c` format.
 
-The whole export reads one REPEATABLE READ, READ ONLY snapshot, streamed in batches through a
-server-side cursor, so a big export holds one batch in memory and is consistent even while
-services keep appending. An event whose transaction had not committed when the snapshot was taken
-is not in it, even if its recorded_at lies in the range: export ranges that ended longer ago than
-the longest write transaction to get a set that can never change.
+The whole export reads one REPEATABLE READ, READ ONLY snapshot, streamed (JSONL: in batches
+through a server-side cursor; CSV: written by PostgreSQL's COPY, which quotes like RFC 4180), so
+a big export holds one batch in memory and is consistent even while services keep appending.
+An event whose transaction had not committed when the snapshot was taken is not in it, even if
+its recorded_at lies in the range: export ranges that ended longer ago than the longest write
+transaction to get a set that can never change.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO, TextIO
+from typing import Any, BinaryIO
 
 import asyncpg
 import orjson
 
-from libs.eventstore.audit import EXPORT_COLUMNS, EventFilter, iter_export_rows
+from libs.eventstore.audit import EXPORT_COLUMNS, EventFilter, copy_export_csv, export_stats, iter_export_rows
 
 FORMATS = ("jsonl", "csv")
 MANIFEST = "manifest.json"
@@ -49,25 +48,16 @@ def sha256_of(path: Path) -> str:
 
 
 @dataclass
-class _File:
-    name: str
-    events: int = 0
-    first_position: int | None = None
-    last_position: int | None = None
-
-
-@dataclass
 class ExportResult:
     manifest: dict[str, Any]
     out: Path
-    files: list[_File] = field(default_factory=list)
 
 
 def _jsonl_line(r: asyncpg.Record) -> bytes:
     return orjson.dumps({
         "global_position": r["global_position"], "transaction_id": r["transaction_id"], "event_id": r["event_id"],
         "stream_id": r["stream_id"], "stream_version": r["stream_version"], "event_type": r["event_type"],
-        "schema_version": r["schema_version"], "recorded_at": r["recorded_at"].isoformat(),
+        "schema_version": r["schema_version"], "recorded_at": r["recorded_at"],
         "actor": r["actor"], "role": r["role"], "correlation_id": r["correlation_id"],
         "causation_id": r["causation_id"], "reason": r["reason"],
         "data": orjson.Fragment(r["data"]), "metadata": orjson.Fragment(r["metadata"]),
@@ -75,102 +65,81 @@ def _jsonl_line(r: asyncpg.Record) -> bytes:
     }) + b"\n"
 
 
-def _csv_row(r: asyncpg.Record) -> list[Any]:
-    return [r["recorded_at"].isoformat() if c == "recorded_at" else r[c] for c in EXPORT_COLUMNS]
+class _Sink:
+    """One export file being written (plain blocking file I/O: the CLI runs one task, and
+    PostgreSQL produces the next rows meanwhile)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.handle: BinaryIO = path.open("wb")
+        self.lines = 0
+
+    def write(self, data: bytes) -> None:
+        self.handle.write(data)
+        # Exported JSON text never holds a raw newline (jsonb escapes it), so lines are rows.
+        self.lines += data.count(b"\n")
+
+    def close(self) -> dict[str, Any]:
+        self.handle.close()
+        return {"name": self.path.name, "bytes": self.path.stat().st_size, "sha256": sha256_of(self.path)}
 
 
-class _Writer:
-    """The export files: rotates after `file_events` events; checksums what is on disk at the end.
-    (Plain blocking file I/O: the CLI runs one task, and the next batch is already being fetched
-    by PostgreSQL's cursor while it writes.)"""
+def _prepare(out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
 
-    def __init__(self, out: Path, fmt: str, file_events: int) -> None:
-        out.mkdir(parents=True, exist_ok=True)
-        self.out, self.fmt, self.file_events = out, fmt, file_events
-        self.files: list[_File] = []
-        self._binary: BinaryIO | None = None
-        self._text: TextIO | None = None
-        self._csv: Any = None
 
-    def _open_next(self) -> None:
-        self.close()
-        f = _File(f"events-{len(self.files) + 1:05d}.{self.fmt}")
-        self.files.append(f)
-        if self.fmt == "jsonl":
-            self._binary = (self.out / f.name).open("wb")
-        else:
-            self._text = (self.out / f.name).open("w", newline="", encoding="utf-8")
-            self._csv = csv.writer(self._text, lineterminator="\n")
-            self._csv.writerow(EXPORT_COLUMNS)
-
-    def write(self, rows: list[asyncpg.Record]) -> None:
-        i = 0
-        while i < len(rows):
-            if not self.files or self.files[-1].events >= self.file_events:
-                self._open_next()
-            current = self.files[-1]
-            part = rows[i:i + self.file_events - current.events]
-            i += len(part)
-            if self._binary is not None:
-                self._binary.write(b"".join(_jsonl_line(r) for r in part))
-            else:
-                self._csv.writerows(_csv_row(r) for r in part)
-            if current.first_position is None:
-                current.first_position = part[0]["global_position"]
-            current.last_position = part[-1]["global_position"]
-            current.events += len(part)
-
-    def close(self) -> None:
-        for handle in (self._binary, self._text):
-            if handle is not None:
-                handle.close()
-        self._binary = self._text = None
-
-    def listing(self) -> list[dict[str, Any]]:
-        self.close()
-        return [{"name": f.name, "events": f.events, "first_position": f.first_position,
-                 "last_position": f.last_position, "bytes": (self.out / f.name).stat().st_size,
-                 "sha256": sha256_of(self.out / f.name)} for f in self.files]
-
-    def finish(self, manifest: dict[str, Any]) -> None:
-        (self.out / MANIFEST).write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n")
-        (self.out / SUMS).write_text("".join(f"{f['sha256']}  {f['name']}\n" for f in manifest["files"]))
+def _finish(out: Path, manifest: dict[str, Any]) -> None:
+    (out / MANIFEST).write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n")
+    (out / SUMS).write_text("".join(f"{f['sha256']}  {f['name']}\n" for f in manifest["files"]))
 
 
 async def export(conn: asyncpg.Connection, flt: EventFilter, out: Path, fmt: str, *, arguments: dict[str, Any],
                  batch_size: int = 10000, file_events: int = 1_000_000,
                  progress: Callable[[int], None] | None = None) -> ExportResult:
-    """Write the export (the caller opens the snapshot on `conn`). See the module docstring."""
+    """Write the export (the caller opens the snapshot on `conn`). See the module docstring.
+
+    The counts come from PostgreSQL's aggregates over the snapshot, the files from a separate
+    scan of it; an export whose files do not add up to the counts is refused (it cannot happen
+    in one snapshot, and the check costs nothing)."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}")
-    writer = _Writer(out, fmt, file_events)
-    categories: Counter[str] = Counter()
-    types: Counter[str] = Counter()
-    streams: set[str] = set()
-    first_at: datetime | None = None
-    last_at: datetime | None = None
     started = datetime.now(UTC)
     snapshot = await conn.fetchrow("SELECT pg_current_snapshot()::text AS snapshot, now() AS at")
-    try:
-        async for rows in iter_export_rows(conn, flt, batch_size=batch_size):
-            writer.write(rows)
-            for r in rows:
-                sid = r["stream_id"]
-                streams.add(sid)
-                categories[sid.split("-", 1)[0]] += 1
-                types[r["event_type"]] += 1
-                at = r["recorded_at"]
-                if first_at is None or at < first_at:
-                    first_at = at
-                if last_at is None or at > last_at:
-                    last_at = at
-            if progress is not None:
-                progress(len(rows))
-    finally:
-        writer.close()
-    listed = writer.listing()
-    files = writer.files
-    events = sum(f.events for f in files)
+    stats = await export_stats(conn, flt, file_events)
+    _prepare(out)
+    files: list[dict[str, Any]] = []
+    after = 0
+    for n, end in enumerate(stats["file_ends"], start=1):
+        sink = _Sink(out / f"events-{n:05d}.{fmt}")
+        try:
+            if fmt == "jsonl":
+                async for rows in iter_export_rows(conn, flt, after=after, upto=end, batch_size=batch_size):
+                    sink.write(b"".join(_jsonl_line(r) for r in rows))
+                    if progress is not None:
+                        progress(len(rows))
+            else:
+                seen = 0
+
+                async def write(data: bytes, sink: _Sink = sink) -> None:
+                    nonlocal seen
+                    sink.write(data)
+                    if progress is not None:
+                        progress(max(0, sink.lines - 1) - seen)  # the first line is the header
+                    seen = max(0, sink.lines - 1)
+
+                await copy_export_csv(conn, flt, write, after=after, upto=end)
+        finally:
+            listed = sink.close()
+        events = sink.lines - (1 if fmt == "csv" else 0)
+        bounds = await conn.fetchrow(
+            "SELECT min(global_position) AS lo, max(global_position) AS hi FROM events"
+            " WHERE global_position > $1 AND global_position <= $2 AND " + flt.where(args := [after, end]), *args)
+        files.append({"name": listed["name"], "events": events, "first_position": bounds["lo"],
+                      "last_position": bounds["hi"], "bytes": listed["bytes"], "sha256": listed["sha256"]})
+        after = end
+    written = sum(f["events"] for f in files)
+    if written != stats["events"]:
+        raise RuntimeError(f"export wrote {written} events but the snapshot holds {stats['events']}")
     manifest: dict[str, Any] = {
         "kind": "closeloop event export", "manifest_version": 1, "format": fmt,
         "columns": list(EXPORT_COLUMNS), "order": "global_position ascending",
@@ -181,14 +150,13 @@ async def export(conn: asyncpg.Connection, flt: EventFilter, out: Path, fmt: str
                    "rule": "from <= events.recorded_at <= to (the insert time, database clock); inclusive"},
         "snapshot": {"taken_at": snapshot["at"].isoformat(), "pg_snapshot": snapshot["snapshot"],
                      "isolation": "repeatable read, read only"},
-        "counts": {"events": events, "streams": len(streams), "files": len(files),
-                   "by_category": dict(sorted(categories.items())), "by_event_type": dict(sorted(types.items()))},
-        "first_position": files[0].first_position if files else None,
-        "last_position": files[-1].last_position if files else None,
-        "time_range": {"first_recorded_at": first_at.isoformat() if first_at else None,
-                       "last_recorded_at": last_at.isoformat() if last_at else None},
-        "files": listed,
+        "counts": {"events": stats["events"], "streams": stats["streams"], "files": len(files),
+                   "by_category": stats["by_category"], "by_event_type": stats["by_event_type"]},
+        "first_position": stats["first_position"], "last_position": stats["last_position"],
+        "time_range": {"first_recorded_at": stats["first_at"].isoformat() if stats["first_at"] else None,
+                       "last_recorded_at": stats["last_at"].isoformat() if stats["last_at"] else None},
+        "files": files,
         "started_at": started.isoformat(), "finished_at": datetime.now(UTC).isoformat(),
     }
-    writer.finish(manifest)
-    return ExportResult(manifest, out, files)
+    _finish(out, manifest)
+    return ExportResult(manifest, out)

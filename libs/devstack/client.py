@@ -27,10 +27,13 @@ class ApiError(Exception):
 
 
 class PlatformClient:
-    def __init__(self, orders_url: str, projector_url: str, *, timeout: float = 10) -> None:
+    def __init__(self, orders_url: str, projector_url: str, *, timeout: float = 10,
+                 auth: httpx.Auth | None = None) -> None:
+        """`auth` sends each request's bearer token (libs/auth/client.py ActorAuth: the token of the
+        identity in X-Actor / X-Role, which `command` sets from its actor and role)."""
         self.orders_url = orders_url.rstrip("/")
         self.projector_url = projector_url.rstrip("/")
-        self.http = httpx.AsyncClient(timeout=timeout)
+        self.http = httpx.AsyncClient(timeout=timeout, auth=auth)
 
     async def aclose(self) -> None:
         await self.http.aclose()

@@ -30,6 +30,7 @@ from rich.table import Table
 
 from libs.devstack.client import PlatformClient
 from libs.devstack.demo_mouse import run_mouse_story
+from libs.devstack.demo_tokens import demo_auth
 from libs.devstack.stripe import charge_succeeded, dispute_created, send_webhook
 from libs.domain.money import Money
 
@@ -60,18 +61,23 @@ class Stripe:
         await send_webhook(self.client.http, self.url, self.secret, event)
 
 
-async def run_demo(endpoints: dict[str, Any]) -> dict[str, Any]:
+async def run_demo(endpoints: dict[str, Any], secret_key: str) -> dict[str, Any]:
+    """Every request carries a bearer token: the demo tokens of dev.json (Wade, Louis, the auditor's for
+    the reads), and tokens minted for each story's own customers and merchants."""
     services = endpoints["services"]
-    client = PlatformClient(services["orders"], services["projector"])
+    tokens, auth = demo_auth(endpoints, secret_key)
+    client = PlatformClient(services["orders"], services["projector"], auth=auth)
     stripe = Stripe(client, endpoints)
     run = secrets.token_hex(3)
     try:
         a = await _prepaid_order_with_adjusted_bill(client, stripe, run)
         b = await _customer_cancels_30_hours_before(client, stripe, run, endpoints["postgres_url"])
         c = await _kolable_war_room(client, stripe, run, services["payments"])
-        d = await run_mouse_story(endpoints, endpoints["carrier_webhook_secret"]) if "rma" in services else None
+        d = await run_mouse_story(endpoints, endpoints["carrier_webhook_secret"], auth) if "rma" in services \
+            else None
     finally:
         await client.aclose()
+        await tokens.aclose()
     table = Table(title="demo: final states (from the projector's read model)")
     for col in ("order", "story", "status", "prepayment because", "money", "cancellation"):
         table.add_column(col, overflow="fold")

@@ -46,11 +46,13 @@ async def _until(what: str, fn: Any, timeout: float = 45) -> Any:
         await asyncio.sleep(0.1)
 
 
-async def run_mouse_story(endpoints: dict[str, Any], carrier_secret: str) -> dict[str, Any]:
+async def run_mouse_story(endpoints: dict[str, Any], carrier_secret: str,
+                          auth: httpx.Auth | None = None) -> dict[str, Any]:
+    """`auth` sends each request's bearer token (libs/auth/client.py ActorAuth)."""
     services = endpoints["services"]
     rma, shipping, notifications = services["rma"], services["shipping"], services["notifications"]
     run = secrets.token_hex(3)
-    async with httpx.AsyncClient(timeout=20) as http:
+    async with httpx.AsyncClient(timeout=20, auth=auth) as http:
         async def view(rma_id: str) -> dict[str, Any]:
             return await _ok(http, "GET", f"{rma}/rmas/{rma_id}")  # type: ignore[no-any-return]
 

@@ -31,6 +31,7 @@ from rich.table import Table
 from libs.devstack.kafka import EmbeddedKafka
 from libs.devstack.postgres import EmbeddedPostgres
 from libs.devstack.procs import die_with_parent, free_port, stop_process
+from libs.settings import DEV_SECRET
 from services.shipping.bootstrap import DEV_CARRIER_SECRET
 
 console = Console()
@@ -96,6 +97,9 @@ class Supervisor:
         self.kafka: EmbeddedKafka | None = None
         self.children: list[Child] = []
         self.stopping = False
+        self.tokens: dict[str, dict[str, object]] = {}
+        # The services' secret key (they inherit this environment): development's default unless set.
+        self.secret_key = os.environ.get("CLOSELOOP_SECRET_KEY") or DEV_SECRET
 
     @property
     def webhook_secret(self) -> str:
@@ -133,6 +137,9 @@ class Supervisor:
             t0 = time.monotonic()
             _wait_ready(child)
             console.print(f"{child.name:<12} {child.url}   [dim]ready in {time.monotonic() - t0:.1f} s[/]")
+        from libs.devstack.demo_tokens import issue_demo_tokens
+
+        self.tokens = asyncio.run(issue_demo_tokens(self.pg.dsn, self.secret_key))
         self.write_endpoints()
 
     def endpoints(self) -> dict[str, object]:
@@ -150,6 +157,8 @@ class Supervisor:
             "carrier_webhook_secret": DEV_CARRIER_SECRET,
             "tracking_page": next((f"{c.url}/track/{{tracking number or RMA id}}/page" for c in self.children
                                    if c.name == "shipping"), None),
+            # One bearer token per role (Authorization: Bearer <token>), revoked at the next start.
+            "tokens": self.tokens,
             "logs": str(STATE / "logs"),
             "pids": {c.name: c.proc.pid for c in self.children if c.proc},
         }
@@ -197,6 +206,12 @@ def _summary(sup: Supervisor, demo_result: dict | None) -> None:
     table.add_row("postgres", sup.pg.dsn)
     table.add_row("endpoints file", str(STATE / "dev.json"))
     console.print(table)
+    tokens = Table(title="demo tokens, one per role (Authorization: Bearer <token>; also in dev.json)")
+    for col in ("role", "actor", "token"):
+        tokens.add_column(col, overflow="fold")
+    for role, t in sup.tokens.items():
+        tokens.add_row(role, str(t["actor"]), str(t["token"]))
+    console.print(tokens)
     if demo_result:
         for table in demo_result.get("tables") or [demo_result]:
             console.print(table)
@@ -226,7 +241,7 @@ def up(fresh: bool = typer.Option(False, "--fresh", help="wipe .closeloop/pgdata
         if demo:
             from libs.devstack.demo import run_demo
 
-            result = asyncio.run(run_demo(sup.endpoints()))
+            result = asyncio.run(run_demo(sup.endpoints(), sup.secret_key))
         _summary(sup, result)
         if exit_after_demo:
             return

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -92,28 +92,67 @@ async def iter_events(conn: asyncpg.Connection, flt: EventFilter, *, batch_size:
 
 
 # Columns of an export row, in order. data and metadata come as JSON text exactly as stored
-# (jsonb's canonical text), so an export needs no decoding and re-encoding.
+# (jsonb's canonical text), so an export needs no decoding and re-encoding; recorded_at as ISO 8601
+# in UTC, as PostgreSQL prints it for JSON (microseconds without trailing zeros).
 EXPORT_COLUMNS = ("global_position", "transaction_id", "event_id", "stream_id", "stream_version", "event_type",
                   "schema_version", "recorded_at", "actor", "role", "correlation_id", "causation_id", "reason",
                   "data", "metadata", "prev_hash", "hash")
+EXPORT_SELECT = (
+    "global_position, transaction_id::text::bigint AS transaction_id, event_id::text AS event_id,"
+    " stream_id, stream_version, event_type, schema_version,"
+    " to_json(recorded_at AT TIME ZONE 'UTC')#>>'{}' || 'Z' AS recorded_at,"
+    " metadata->>'actor' AS actor, metadata->>'role' AS role, metadata->>'correlation_id' AS correlation_id,"
+    " metadata->>'causation_id' AS causation_id, metadata->>'reason' AS reason,"
+    " data::text AS data, metadata::text AS metadata, prev_hash, hash")
 
 
-async def iter_export_rows(conn: asyncpg.Connection, flt: EventFilter, *,
+async def iter_export_rows(conn: asyncpg.Connection, flt: EventFilter, *, after: int = 0, upto: int | None = None,
                            batch_size: int = 10000) -> AsyncIterator[list[asyncpg.Record]]:
-    """Export rows (EXPORT_COLUMNS) in global position order, batched through a server-side cursor."""
-    args: list[Any] = []
-    cur = await conn.cursor(
-        "SELECT global_position, transaction_id::text::bigint AS transaction_id, event_id::text AS event_id,"
-        " stream_id, stream_version, event_type, schema_version, recorded_at,"
-        " metadata->>'actor' AS actor, metadata->>'role' AS role, metadata->>'correlation_id' AS correlation_id,"
-        " metadata->>'causation_id' AS causation_id, metadata->>'reason' AS reason,"
-        " data::text AS data, metadata::text AS metadata, prev_hash, hash"
-        f" FROM events WHERE {flt.where(args)} ORDER BY global_position", *args)
+    """Export rows (EXPORT_COLUMNS) with after < global_position <= upto, in position order,
+    batched through a server-side cursor."""
+    args: list[Any] = [after, upto]
+    cur = await conn.cursor(f"SELECT {EXPORT_SELECT} FROM events WHERE global_position > $1 "
+                            f"AND ($2::bigint IS NULL OR global_position <= $2) AND {flt.where(args)} "
+                            f"ORDER BY global_position", *args)
     while True:
         rows = await cur.fetch(batch_size)
         if not rows:
             return
         yield rows
+
+
+async def copy_export_csv(conn: asyncpg.Connection, flt: EventFilter, output: Callable[[bytes], Awaitable[None]], *,
+                          after: int = 0, upto: int | None = None) -> None:
+    """The same rows as iter_export_rows, as CSV with a header row, written by PostgreSQL (COPY)."""
+    args: list[Any] = [after, upto]
+    await conn.copy_from_query(f"SELECT {EXPORT_SELECT} FROM events WHERE global_position > $1 "
+                               f"AND ($2::bigint IS NULL OR global_position <= $2) AND {flt.where(args)} "
+                               f"ORDER BY global_position", *args, output=output, format="csv", header=True)
+
+
+async def export_stats(conn: asyncpg.Connection, flt: EventFilter, file_events: int) -> dict[str, Any]:
+    """What an export of `flt` will hold: counts (events, streams, per category, per event type),
+    first and last position and recorded_at, and where each file of `file_events` events ends."""
+    args: list[Any] = []
+    where = flt.where(args)
+    row = await conn.fetchrow(
+        f"SELECT count(*) AS events, count(DISTINCT stream_id) AS streams, min(global_position) AS first_position,"
+        f" max(global_position) AS last_position, min(recorded_at) AS first_at, max(recorded_at) AS last_at"
+        f" FROM events WHERE {where}", *args)
+    groups = await conn.fetch(f"SELECT split_part(stream_id, '-', 1) AS category, event_type, count(*) AS n "
+                              f"FROM events WHERE {where} GROUP BY 1, 2", *args)
+    args.append(file_events)
+    ends = [r["global_position"] for r in await conn.fetch(
+        f"SELECT global_position FROM (SELECT global_position, row_number() OVER (ORDER BY global_position) AS rn,"
+        f" count(*) OVER () AS total FROM events WHERE {where}) x WHERE rn % ${len(args)} = 0 OR rn = total"
+        f" ORDER BY 1", *args)]
+    by_category: dict[str, int] = {}
+    by_type: dict[str, int] = {}
+    for g in groups:
+        by_category[g["category"]] = by_category.get(g["category"], 0) + g["n"]
+        by_type[g["event_type"]] = by_type.get(g["event_type"], 0) + g["n"]
+    return {**dict(row), "by_category": dict(sorted(by_category.items())),
+            "by_event_type": dict(sorted(by_type.items())), "file_ends": ends}
 
 
 async def stream_events(conn: asyncpg.Connection, stream_id: str) -> list[RecordedEvent]:

@@ -1,44 +1,27 @@
 """Request context: who is acting, the correlation id, idempotency and If-Match.
 
-Until token authentication lands (issue 5), the actor and role are taken from the
-X-Actor and X-Role headers and validated against the known roles.
+The actor and role are the bearer token's, as authenticated by the access gate in front of
+every API (libs/auth/http.py); X-Actor / X-Role headers are not trusted (the gate refuses
+them when they contradict the token).
 """
 
 from __future__ import annotations
 
 import uuid
-from enum import StrEnum
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, HTTPException, Request
 
 from libs.application.unit_of_work import CommandContext, request_fingerprint
+from libs.auth.http import principal_of
+from libs.auth.roles import Role
 from libs.observability import correlation_id
 
-
-class Role(StrEnum):
-    customer = "customer"
-    merchant = "merchant"
-    service = "service"
-    importer = "importer"
-    reconciler = "reconciler"
-    approver = "approver"
-    auditor = "auditor"
-    platform = "platform"
+__all__ = ["Ctx", "Role", "command_context"]
 
 
 async def command_context(
     request: Request,
-    x_actor: Annotated[
-        str,
-        Header(
-            min_length=1,
-            max_length=128,
-            pattern=r"^[A-Za-z0-9_.:@-]+$",
-            description="who acts (until bearer tokens arrive)",
-        ),
-    ] = "anonymous",
-    x_role: Annotated[Role, Header(description="the actor's role")] = Role.customer,
     x_correlation_id: Annotated[str | None, Header(max_length=128)] = None,
     idempotency_key: Annotated[
         str | None,
@@ -47,6 +30,9 @@ async def command_context(
     if_match: Annotated[str | None, Header(description='expected aggregate version, e.g. "3"')] = None,
     x_reason: Annotated[str | None, Header(max_length=500)] = None,
 ) -> CommandContext:
+    principal = principal_of(request.scope)
+    if principal is None:  # a route without an access rule never gets here (install_auth); fail closed anyway
+        raise HTTPException(401, "no bearer token", headers={"WWW-Authenticate": 'Bearer realm="closeloop"'})
     expected: int | None = None
     if if_match is not None:
         raw = if_match.strip().strip("W/").strip('"')
@@ -56,13 +42,16 @@ async def command_context(
     body: Any = await request.body()
     correlation = x_correlation_id or correlation_id.get() or str(uuid.uuid4())
     return CommandContext(
-        actor=x_actor,
-        role=x_role.value,
+        actor=principal.actor,
+        role=principal.role,
         correlation_id=correlation,
         reason=x_reason,
         idempotency_key=idempotency_key,
         expected_version=expected,
-        request_hash=request_fingerprint(request.method, request.url.path, body.decode(errors="replace")),
+        # Who asks is part of the request: another actor's retry under the same key is refused (422),
+        # never answered with the first actor's response.
+        request_hash=request_fingerprint(request.method, request.url.path, body.decode(errors="replace"),
+                                         principal.actor, principal.role),
     )
 
 

@@ -1,6 +1,7 @@
 """The whole platform as separate processes (relay, orders, projector) on the session's
 PostgreSQL and Kafka, exactly as `make run` starts them. Package-scoped: it stops when
-the end-to-end tests are done."""
+the end-to-end tests are done. Every API needs a bearer token: `stack.auth` (tests/support/auth.py),
+attached to every client, sends the token of the identity a request names in X-Actor / X-Role."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from libs.auth.client import ActorAuth, ActorTokens
 from libs.devstack.client import PaymentsFeed, PlatformClient
 from libs.devstack.procs import free_port
 from libs.devstack.supervisor import SERVICES, Child, _wait_ready
+from tests.support.auth import TEST_SECRET_KEY, actor_auth, actor_tokens
 
 WEBHOOK_SECRET = "whsec_e2e_current_" + uuid.uuid4().hex
 OLD_WEBHOOK_SECRET = "whsec_e2e_previous_" + uuid.uuid4().hex  # still accepted: a rotation in progress
@@ -28,6 +31,8 @@ class Stack:
     kafka_bootstrap: str
     pg_dsn: str
     prefix: str
+    tokens: ActorTokens
+    auth: ActorAuth
 
     def url(self, name: str) -> str:
         return self.children[name].url
@@ -48,12 +53,14 @@ def stack(pg_dsn: str, kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFa
     env = {**os.environ, "DATABASE_URL": pg_dsn, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
            "CLOSELOOP_ENVIRONMENT": "test", "CLOSELOOP_INSTANCE_PREFIX": prefix,
            "CLOSELOOP_RELAY_NAME": f"{prefix}relay", "CLOSELOOP_RELAY_START": "head", "PYTHONUNBUFFERED": "1",
+           "CLOSELOOP_SECRET_KEY": TEST_SECRET_KEY,  # the test environment refuses the default secret
            "CLOSELOOP_STRIPE_WEBHOOK_SECRETS": f"{WEBHOOK_SECRET},{OLD_WEBHOOK_SECRET}"}
     children: dict[str, Child] = {}
     try:
         for name in SERVICES:
             children[name] = start_child(name, env, logs)
-        yield Stack(children, env, logs, kafka_bootstrap, pg_dsn, prefix)
+        tokens = actor_tokens(pg_dsn)
+        yield Stack(children, env, logs, kafka_bootstrap, pg_dsn, prefix, tokens, actor_auth(tokens))
     finally:
         for child in reversed(list(children.values())):
             child.stop()
@@ -61,7 +68,7 @@ def stack(pg_dsn: str, kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFa
 
 @pytest.fixture
 async def client(stack: Stack) -> AsyncIterator[PlatformClient]:
-    c = PlatformClient(stack.url("orders"), stack.url("projector"))
+    c = PlatformClient(stack.url("orders"), stack.url("projector"), auth=stack.auth)
     try:
         yield c
     finally:
@@ -76,3 +83,9 @@ async def feed(stack: Stack) -> AsyncIterator[PaymentsFeed]:
         yield f
     finally:
         await f.stop()
+
+
+@pytest.fixture(scope="package", autouse=True)
+async def _close_test_tokens(stack: Stack) -> AsyncIterator[None]:
+    yield
+    await stack.tokens.aclose()

@@ -63,13 +63,15 @@ async def test_the_console_shows_the_scorecard_the_api_returns_and_each_changes_
         stack: Any, browser: Any, tmp_path: Path) -> None:
     run = uuid.uuid4().hex[:8]
     payments, projector = stack.url("payments"), stack.url("projector")
-    async with httpx.AsyncClient(timeout=20) as http:
+    async with httpx.AsyncClient(timeout=20, auth=stack.auth) as http:
         r = await http.post(f"{payments}/kolable/orders/import", content=export(run),
                             headers={"Content-Type": "text/csv", "X-Actor": "wade", "X-Role": "importer"})
         assert r.status_code == 200, r.text
         card = (await http.get(f"{payments}/kolable/reconciliation/scorecard")).json()
 
-    page = await browser.new_page()
+    # The console is for operations: the browser sends a reconciler's bearer token with every request.
+    token = await stack.tokens.token("huber", "reconciler")
+    page = await browser.new_page(extra_http_headers={"Authorization": f"Bearer {token}"})
     external: list[str] = []
     page.on("request", lambda req: external.append(req.url) if not req.url.startswith(projector) else None)
     response = await page.goto(f"{projector}/console")

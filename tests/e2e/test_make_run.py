@@ -14,6 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from libs.auth.roles import ALL_ROLES
+
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,10 +71,15 @@ def test_make_run_starts_the_stack_runs_the_demo_and_ctrl_c_leaves_no_process(tm
         assert "re-bought course" in out and "recovered by re-buys TWD 28,000.00 (1 re-buys)" in out
         # The mouse story: replaced once, closed, and its tracking page answers.
         assert "demo D" in out and "→ 1 shipment" in out and "RMA CLOSED (replacement_delivered)" in out
-        page = next(line.split(": ", 1)[1].strip() for line in out.splitlines() if "mouse tracking page:" in line)
-        r = httpx.get(page, timeout=5)
-        assert r.status_code == 200 and "Delivered" in r.text
         dev = json.loads((state / "dev.json").read_text())
+        # One demo token per role, printed and in dev.json; the APIs refuse a request without one.
+        assert sorted(dev["tokens"]) == sorted(ALL_ROLES)
+        for role, t in dev["tokens"].items():
+            assert t["token"] in out, role
+        page = next(line.split(": ", 1)[1].strip() for line in out.splitlines() if "mouse tracking page:" in line)
+        assert httpx.get(page, timeout=5).status_code == 401
+        r = httpx.get(page, timeout=5, headers={"Authorization": f"Bearer {dev['tokens']['auditor']['token']}"})
+        assert r.status_code == 200 and "Delivered" in r.text
         for name, url in dev["services"].items():
             assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200, name
             assert httpx.get(f"{url}/readyz", timeout=5).status_code == 200, name

@@ -96,7 +96,7 @@ async def count(stack: Any, sql: str, *args: Any) -> int:
 
 async def test_the_mouse_is_replaced_once_under_warranty_and_its_replacement_failing_again_is_a_repeat(
         stack: Any) -> None:
-    async with httpx.AsyncClient(timeout=20) as http:
+    async with httpx.AsyncClient(timeout=20, auth=stack.auth) as http:
         p = Platform(stack, http)
         run = uuid.uuid4().hex[:8]
         old, new, pro = f"MOUSE-2003-{run}", f"MOUSE-2005-{run}", f"LASER-2005-{run}"

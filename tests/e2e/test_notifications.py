@@ -42,6 +42,7 @@ from services.rma.domain import events as rma
 from services.shipping.domain import events as ship
 
 pytestmark = pytest.mark.e2e
+QA = {"X-Actor": "qa", "X-Role": "service"}  # the test-only fault injection is staff's
 T = TypeVar("T")
 
 
@@ -131,7 +132,7 @@ async def feed(stack: Any) -> AsyncIterator[AfterSalesFeed]:
 
 @pytest.fixture
 async def http(stack: Any) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=stack.url("notifications"), timeout=10) as c:
+    async with httpx.AsyncClient(base_url=stack.url("notifications"), timeout=10, auth=stack.auth) as c:
         yield c
 
 
@@ -265,7 +266,8 @@ async def _all_sent(pg_dsn: str, subject_id: str, count: int) -> list[dict[str, 
 async def test_a_failing_sender_is_retried_with_backoff_and_the_message_arrives_once(
         stack: Any, feed: AfterSalesFeed, http: httpx.AsyncClient) -> None:
     rma_id, customer = uid("rma"), uid("cust")
-    r = await http.post("/senders/fail-next", json={"count": 2, "recipient": customer, "channel": "email"})
+    r = await http.post("/senders/fail-next", json={"count": 2, "recipient": customer, "channel": "email"},
+                        headers=QA)
     assert r.status_code == 200, r.text
     await feed.consumed(await feed.publish(mouse_story(rma_id, customer)[0]))
 
@@ -300,7 +302,8 @@ async def test_a_permanent_failure_is_given_up_at_once(stack: Any, feed: AfterSa
                                                        http: httpx.AsyncClient) -> None:
     rma_id, customer = uid("rma"), uid("cust")
     r = await http.post("/senders/fail-next", json={"count": 1, "recipient": customer, "channel": "sms",
-                                                    "permanent": True, "error": "number not in service"})
+                                                    "permanent": True, "error": "number not in service"},
+                        headers=QA)
     assert r.status_code == 200, r.text
     await feed.consumed(await feed.publish(mouse_story(rma_id, customer)[0]))
 
@@ -392,7 +395,7 @@ async def test_unknown_ids_are_404_and_fault_injection_is_validated(http: httpx.
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
     r = await http.get(f"/slas/{uid('rma')}")
     assert r.status_code == 404
-    r = await http.post("/senders/fail-next", json={"count": 0})
+    r = await http.post("/senders/fail-next", json={"count": 0}, headers=QA)
     assert r.status_code == 422 and r.json()["error"]["details"]["fields"][0]["field"] == "count"
     ready = (await http.get("/readyz")).json()
     assert ready["status"] == "ready" and "sent" in ready["notifications"]

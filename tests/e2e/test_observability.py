@@ -52,10 +52,11 @@ async def test_metrics_count_appends_publishes_and_consumed_events(stack: Any, c
 async def test_log_lines_are_json_with_the_correlation_id(stack: Any, client: PlatformClient) -> None:
     cid = f"corr-{uuid.uuid4().hex[:8]}"
     r = await client.http.post(f"{stack.url('orders')}/orders/does-not-exist/accept",
-                               json={"merchant_id": "m1"}, headers={"X-Correlation-ID": cid})
+                               json={"merchant_id": "m1"},
+                               headers={"X-Correlation-ID": cid, "X-Actor": "m1", "X-Role": "merchant"})
     assert r.status_code == 404
     r = await client.http.post(f"{stack.url('orders')}/orders", json=order_body("c", "s", hour=10),
-                               headers={"X-Correlation-ID": cid})
+                               headers={"X-Correlation-ID": cid, "X-Actor": "c"})
     assert r.headers["X-Correlation-ID"] == cid
     assert r.status_code == 201
     await asyncio.sleep(0.2)

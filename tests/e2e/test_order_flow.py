@@ -177,7 +177,8 @@ async def test_malformed_input_is_422_naming_the_field_and_stores_nothing(
     fields = [f["field"] for f in r.json()["error"]["details"]["fields"]]
     assert field in fields, fields
     assert await event_count(stack.pg_dsn, "", mentioning=staff) == 0  # no order, slot or bill stored
-    ok = await client.http.post(f"{stack.url('orders')}/orders", json=order_body(customer, staff))
+    ok = await client.http.post(f"{stack.url('orders')}/orders", json=order_body(customer, staff),
+                                headers={"X-Actor": customer})
     assert ok.status_code == 201 and await event_count(stack.pg_dsn, "", mentioning=staff) > 0
 
 
@@ -205,9 +206,10 @@ async def test_concurrent_retries_with_one_idempotency_key_create_one_order(clie
 
     customer, key = f"c-{uid()}", f"key-{uid()}"
     body = order_body(customer, f"s-{uid()}")
-    async with httpx.AsyncClient(timeout=10) as http:
+    async with httpx.AsyncClient(timeout=10, auth=stack.auth) as http:
         responses = await asyncio.gather(*[
-            http.post(f"{stack.url('orders')}/orders", json=body, headers={"Idempotency-Key": key})
+            http.post(f"{stack.url('orders')}/orders", json=body, headers={"Idempotency-Key": key,
+                                                                           "X-Actor": customer})
             for _ in range(5)])
     assert {r.status_code for r in responses} == {201}
     assert len({r.json()["order_id"] for r in responses}) == 1
@@ -232,8 +234,8 @@ async def test_cancellation_records_fault_party_and_time_left_and_frees_the_slot
     body = order_body(customer, staff, hour=10, days=4)
     placed = await client.command("/orders", body, actor=customer, role="customer")
     with pytest.raises(ApiError) as err:  # the staff member's slot is held
-        await client.command("/orders", order_body(f"c-{uid()}", staff, hour=11, days=4), actor="x",
-                             role="customer")
+        x = f"c-{uid()}"
+        await client.command("/orders", order_body(x, staff, hour=11, days=4), actor=x, role="customer")
     assert err.value.status == 409
     cancelled = await client.command(f"/orders/{placed['order_id']}/cancel",
                                      {"cancelled_by": "customer", "reason_code": "plans_changed"},
@@ -244,8 +246,8 @@ async def test_cancellation_records_fault_party_and_time_left_and_frees_the_slot
     start = datetime.fromisoformat(body["slot"]["start"])
     expected = (start - datetime.fromisoformat(view["cancelled_at"])).total_seconds()
     assert abs(view["seconds_before_service_start"] - expected) <= 1
-    again = await client.command("/orders", order_body(f"c-{uid()}", staff, hour=10, days=4), actor="y",
-                                 role="customer")
+    y = f"c-{uid()}"
+    again = await client.command("/orders", order_body(y, staff, hour=10, days=4), actor=y, role="customer")
     assert again["status"] == "awaiting_confirmation"
 
 

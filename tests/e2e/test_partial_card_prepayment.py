@@ -255,7 +255,7 @@ async def test_the_payment_deadline_releases_the_reservation_and_a_later_charge_
         "payment_window_minutes = 15", "payment_window_minutes = 15\npayment_window_seconds = 8"))
     orders = start_child("orders", stack.env, stack.logs, CLOSELOOP_PREPAYMENT_POLICY_PATH=str(policy),
                          CLOSELOOP_INSTANCE_PREFIX=f"{stack.prefix}reserve{uuid.uuid4().hex[:4]}-")
-    client = PlatformClient(orders.url, stack.url("projector"))
+    client = PlatformClient(orders.url, stack.url("projector"), auth=stack.auth)
     try:
         customer, voucher = await member_with_voucher(pay)
         placed = await client.command("/orders", order_body(customer, uid("s"), hour=19), actor=customer,

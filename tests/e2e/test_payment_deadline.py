@@ -40,7 +40,7 @@ async def test_payment_deadline_auto_cancels_after_the_orders_service_restarts(s
     extra = {"CLOSELOOP_PREPAYMENT_POLICY_PATH": str(policy),
              "CLOSELOOP_INSTANCE_PREFIX": f"{stack.prefix}deadline{uuid.uuid4().hex[:4]}-"}
     orders = start_child("orders", stack.env, stack.logs, **extra)
-    client = PlatformClient(orders.url, stack.url("projector"))
+    client = PlatformClient(orders.url, stack.url("projector"), auth=stack.auth)
     try:
         customer = f"c-{uuid.uuid4().hex[:8]}"
         placed = await client.command("/orders", order_body(customer, f"s-{uuid.uuid4().hex[:8]}", hour=19),

@@ -192,7 +192,7 @@ class RmaApi:
 
 @pytest.fixture
 async def api(stack: Any) -> AsyncIterator[RmaApi]:
-    async with httpx.AsyncClient(timeout=15) as http:
+    async with httpx.AsyncClient(timeout=15, auth=stack.auth) as http:
         yield RmaApi(stack, http)
 
 

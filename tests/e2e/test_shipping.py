@@ -132,7 +132,7 @@ async def kafka(stack: Any) -> AsyncIterator[KafkaBroker]:
 @pytest.fixture
 async def shipping(stack: Any, kafka: KafkaBroker) -> AsyncIterator[Shipping]:
     db = await asyncpg.connect(stack.pg_dsn)
-    async with httpx.AsyncClient(timeout=30) as http:
+    async with httpx.AsyncClient(timeout=30, auth=stack.auth) as http:
         try:
             yield Shipping(stack, http, db, kafka)
         finally:

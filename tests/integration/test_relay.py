@@ -245,7 +245,7 @@ async def test_relay_killed_between_database_commit_and_kafka_ack_loses_nothing_
     port = free_port()
     env = {**os.environ, "DATABASE_URL": pg_dsn, "KAFKA_BOOTSTRAP_SERVERS": topics, "CLOSELOOP_HTTP_PORT": str(port),
            "CLOSELOOP_RELAY_NAME": name, "CLOSELOOP_RELAY_BATCH_SIZE": "5000", "CLOSELOOP_ENVIRONMENT": "test",
-           "PYTHONUNBUFFERED": "1"}
+           "PYTHONUNBUFFERED": "1", "CLOSELOOP_SECRET_KEY": "closeloop-relay-test-" + uuid.uuid4().hex}
     log = tmp_path / "relay.log"
 
     def tail() -> str:

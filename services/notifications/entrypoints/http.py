@@ -8,12 +8,14 @@ from typing import Annotated, Any, Literal
 from fastapi import FastAPI, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from libs.auth.http import install_auth
 from libs.http.errors import error_body, install_error_handlers
 from libs.http.health import install_health
 from libs.messaging.consumer import refresh_consumer_lag
 from libs.observability import install_metrics
 from services.notifications.domain.notification import NotificationStatus
 from services.notifications.domain.sla import STAGES
+from services.notifications.entrypoints.access import ACCESS
 
 ID_PATTERN = r"^[A-Za-z0-9_.:-]+$"
 IdQuery = Annotated[str | None, Query(min_length=1, max_length=64, pattern=ID_PATTERN)]
@@ -130,4 +132,5 @@ def create_app(notifications: Any | None) -> FastAPI:
             return {"remaining": rule.remaining, "recipient": rule.recipient, "channel": rule.channel,
                     "permanent": rule.permanent}
 
+    install_auth(app, ACCESS, notifications)
     return app

@@ -11,6 +11,7 @@ from typing import Any, cast
 
 from libs.application.unit_of_work import CommandContext, CommandResult, UnitOfWork, execute
 from libs.eventstore import EventStore, uuid7
+from services.orders.domain.access import CUSTOMER, MERCHANT, PARTY, STAFF, require_canceller, require_party
 from services.orders.domain.bill import Bill
 from services.orders.domain.catalogue import Catalogue
 from services.orders.domain.commands import (
@@ -89,6 +90,7 @@ class OrdersService:
 
     # --- placement ------------------------------------------------------------------------
     async def place_order(self, cmd: PlaceOrder, ctx: CommandContext) -> CommandResult:
+        require_party(ctx.role, ctx.actor, action="place an order", roles=CUSTOMER, customer_id=cmd.customer_id)
         item = self.catalogue.get(cmd.service_code)
         self.catalogue.check_currency(cmd.currency)
         order_id = str(uuid7())
@@ -123,6 +125,7 @@ class OrdersService:
     async def accept(self, order_id: str, cmd: AcceptOrder, ctx: CommandContext) -> CommandResult:
         async def fn(uow: UnitOfWork, at: datetime) -> dict[str, Any]:
             order = await uow.get(Order, order_id, check_version=True)
+            require_party(ctx.role, ctx.actor, action="accept an order", roles=MERCHANT, merchant_id=cmd.merchant_id)
             order.accept(cmd.merchant_id, at)
             return order_response(order)
 
@@ -131,6 +134,8 @@ class OrdersService:
     async def start_service(self, order_id: str, cmd: StartService, ctx: CommandContext) -> CommandResult:
         async def fn(uow: UnitOfWork, at: datetime) -> dict[str, Any]:
             order = await uow.get(Order, order_id, check_version=True)
+            require_party(ctx.role, ctx.actor, action="start the service", roles=MERCHANT,
+                          merchant_id=order.merchant_id or cmd.merchant_id)
             order.start_service(cmd.merchant_id, at)
             return order_response(order)
 
@@ -139,6 +144,8 @@ class OrdersService:
     async def push_bill(self, order_id: str, cmd: PushBill, ctx: CommandContext) -> CommandResult:
         async def fn(uow: UnitOfWork, at: datetime) -> dict[str, Any]:
             order = await uow.get(Order, order_id, check_version=True)
+            require_party(ctx.role, ctx.actor, action="bill this order", roles=MERCHANT,
+                          merchant_id=order.merchant_id or cmd.merchant_id)
             assert order.status is not None
             ORDER_MACHINE.check(order.id, order.status, "push_bill")
             assert order.service is not None
@@ -154,6 +161,8 @@ class OrdersService:
     async def adjust_bill(self, order_id: str, cmd: AdjustBill, ctx: CommandContext) -> CommandResult:
         async def fn(uow: UnitOfWork, at: datetime) -> dict[str, Any]:
             order = await uow.get(Order, order_id, check_version=True)
+            require_party(ctx.role, ctx.actor, action="adjust this order's bill", roles=MERCHANT,
+                          merchant_id=order.merchant_id or cmd.merchant_id)
             assert order.status is not None
             ORDER_MACHINE.check(order.id, order.status, "adjust_bill")
             assert order.bill_id is not None
@@ -169,6 +178,8 @@ class OrdersService:
     async def confirm_bill(self, order_id: str, cmd: ConfirmBill, ctx: CommandContext) -> CommandResult:
         async def fn(uow: UnitOfWork, at: datetime) -> dict[str, Any]:
             order = await uow.get(Order, order_id, check_version=True)
+            require_party(ctx.role, ctx.actor, action="confirm this order's bill", roles=CUSTOMER,
+                          customer_id=order.customer_id)
             assert order.status is not None
             ORDER_MACHINE.check(order.id, order.status, "confirm_bill")
             assert order.bill_id is not None
@@ -183,6 +194,9 @@ class OrdersService:
     async def cancel(self, order_id: str, cmd: CancelOrder, ctx: CommandContext) -> CommandResult:
         async def fn(uow: UnitOfWork, at: datetime) -> dict[str, Any]:
             order = await uow.get(Order, order_id, check_version=True)
+            require_party(ctx.role, ctx.actor, action="cancel this order", roles=PARTY, customer_id=order.customer_id,
+                          merchant_id=order.merchant_id or cmd.merchant_id)
+            require_canceller(ctx.role, cmd.cancelled_by)
             order.cancel(cancelled_by=cmd.cancelled_by, fault_party=cmd.fault_party, reason_code=cmd.reason_code,
                          reason=cmd.reason, merchant_id=cmd.merchant_id, at=at)
             await self._after_cancellation(uow, order, at)
@@ -226,6 +240,8 @@ class OrdersService:
 
     # --- customers and platform ------------------------------------------------------------
     async def record_credit_score(self, cmd: RecordCreditScore, ctx: CommandContext) -> CommandResult:
+        require_party(ctx.role, ctx.actor, action="record credit scores", roles=STAFF)
+
         async def fn(uow: UnitOfWork, at: datetime) -> dict[str, Any]:
             customer = await uow.load(Customer, cmd.customer_id)
             customer.record_credit_score(cmd.score, cmd.source, at)
@@ -235,6 +251,8 @@ class OrdersService:
         return await self._run(ctx, f"orders:customer:{cmd.customer_id}:credit", fn)
 
     async def set_platform_conditions(self, cmd: SetPlatformConditions, ctx: CommandContext) -> CommandResult:
+        require_party(ctx.role, ctx.actor, action="set the platform conditions", roles=STAFF)
+
         async def fn(uow: UnitOfWork, at: datetime) -> dict[str, Any]:
             platform = await uow.load(PlatformConditions, PLATFORM_ID)
             platform.change(severe_weather_cities=cmd.severe_weather_cities, load_pct=cmd.load_pct,

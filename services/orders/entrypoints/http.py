@@ -9,6 +9,7 @@ from fastapi import FastAPI, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from libs.application.unit_of_work import CommandResult
+from libs.auth.http import install_auth
 from libs.http.context import Ctx
 from libs.http.errors import install_error_handlers
 from libs.http.health import install_health
@@ -26,6 +27,7 @@ from services.orders.domain.commands import (
     StartService,
 )
 from services.orders.domain.order import Order
+from services.orders.entrypoints.access import ACCESS
 
 OrderId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 CustomerId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
@@ -182,4 +184,5 @@ def create_app(orders: Any | None) -> FastAPI:
         """The prepayment policy in force (version, rules, windows)."""
         return request.app.state.orders.service.policy.model_dump(mode="json")
 
+    install_auth(app, ACCESS, orders)
     return app

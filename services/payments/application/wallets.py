@@ -13,8 +13,12 @@ from libs.domain.errors import RuleViolation
 from libs.domain.money import Money
 from libs.eventstore import EventStore
 from services.payments.domain import events as ev
+from services.payments.domain.checkout import require_party
 from services.payments.domain.transaction import Transaction
 from services.payments.domain.wallet import Wallet, WalletPolicy
+
+# A customer tops up and spends their own balance; the platform's services for anyone.
+BALANCE_ROLES = frozenset({"customer", "service", "platform"})
 
 
 def wallet_view(wallet: Wallet) -> dict[str, Any]:
@@ -33,6 +37,8 @@ class WalletsService:
     publish_contract: Callable[[UnitOfWork, Transaction], Any]
 
     async def top_up(self, customer_id: str, amount: Money, reference: str, ctx: CommandContext) -> CommandResult:
+        require_party(ctx.role, ctx.actor, action="top up this wallet", roles=BALANCE_ROLES, customer_id=customer_id)
+
         async def fn(uow: UnitOfWork) -> dict[str, Any]:
             at = self.clock()
             wallet = await uow.load(Wallet, customer_id)
@@ -59,6 +65,8 @@ class WalletsService:
         async def fn(uow: UnitOfWork) -> dict[str, Any]:
             at = self.clock()
             txn = await uow.get(Transaction, order_id)
+            require_party(ctx.role, ctx.actor, action="pay this order from the member balance", roles=BALANCE_ROLES,
+                          customer_id=txn.customer_id)
             if txn.status is not ev.TransactionStatus.UNPAID or txn.prepayment_bill_id is None:
                 raise RuleViolation("order_id", f"order {order_id} has no prepayment to pay (transaction {txn.status})")
             assert txn.customer_id is not None and txn.estimated_total is not None

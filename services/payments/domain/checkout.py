@@ -13,7 +13,7 @@
 - `collection_options`: which methods can collect a settlement's shortfall now (seed 三.1, 四):
   the member balance only for a member whose balance covers it, cash, online third party.
 - `require_party`: who may run a payment command (the order's customer or merchant, or the
-  platform's own services), until token authentication lands (issue 5).
+  platform's own services); the actor and role are the bearer token's (libs/auth).
 """
 
 from __future__ import annotations
@@ -70,11 +70,12 @@ def require_party(role: str, actor: str, *, action: str, roles: Iterable[str], c
     allowed = sorted(set(roles))
     if role not in allowed:
         raise Forbidden("X-Role", f"only the {' or '.join(allowed)} role may {action}; the role is {role!r}")
+    # The refusal names neither the order's customer nor its merchant: it answers someone who is not.
     if role == "customer" and actor != customer_id:
-        raise Forbidden("X-Actor", f"only the order's customer {customer_id} may {action}, not {actor!r}")
+        raise Forbidden("X-Actor", f"only the order's own customer may {action}; the actor {actor!r} is not")
     if role == "merchant" and (merchant_id is None or actor != merchant_id):
-        who = f"the order's merchant {merchant_id}" if merchant_id else "the merchant who accepted the order"
-        raise Forbidden("X-Actor", f"only {who} may {action}, not {actor!r}")
+        who = "the order's merchant" if merchant_id else "the merchant who accepted the order"
+        raise Forbidden("X-Actor", f"only {who} may {action}; the actor {actor!r} is not")
 
 
 # --- prepayment without the cashier -------------------------------------------------------------

@@ -8,12 +8,14 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from libs.auth.http import install_auth
 from libs.http.errors import error_body, install_error_handlers
 from libs.http.health import install_health
 from libs.observability import install_metrics
 from services.payments.domain.signature import HEADER, SignatureError, verify
 from services.payments.domain.upstream import MalformedEvent
 from services.payments.domain.upstream_events import ReceivedVia
+from services.payments.entrypoints.access import ACCESS
 from services.payments.entrypoints.dispute_http import router as dispute_router
 from services.payments.entrypoints.kolable_http import router as kolable_router
 from services.payments.entrypoints.refund_http import router as refund_router
@@ -77,4 +79,5 @@ def create_app(payments: Any | None) -> FastAPI:
     app.include_router(transaction_router)
     app.include_router(voucher_router)
     app.include_router(refund_router)
+    install_auth(app, ACCESS, payments)
     return app

@@ -36,7 +36,7 @@ def _svc(request: Request) -> VouchersService:
                                      409: {"description": "another voucher exists under this id"},
                                      422: {"description": "a field breaks a rule (named); nothing stored"}})
 async def issue_voucher(body: IssueVoucher, ctx: Ctx, request: Request, response: Response) -> dict[str, Any]:
-    """Issue a voucher to a customer (X-Role platform or service only)."""
+    """Issue a voucher to a customer (platform or service role only)."""
     result = await _svc(request).issue(body.voucher_id, body.customer_id, body.category, body.terms,
                                        body.compensation, ctx)
     if result.replayed:

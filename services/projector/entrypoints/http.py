@@ -11,12 +11,14 @@ import orjson
 from fastapi import FastAPI, HTTPException, Path, Query, Request
 from pydantic import AwareDatetime, BaseModel, Field
 
+from libs.auth.http import install_auth
 from libs.domain.money import Money
 from libs.http.errors import install_error_handlers
 from libs.http.health import install_health
 from libs.messaging.consumer import refresh_consumer_lag
 from libs.observability import install_metrics
 from services.orders.domain.events import OrderStatus
+from services.projector.entrypoints.access import ACCESS
 from services.projector.entrypoints.console_http import router as console_router
 
 OrderId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
@@ -233,4 +235,5 @@ def create_app(projector: Any | None) -> FastAPI:
         return OrderPage(items=[_order_view(r, bills_by_order.get(r["order_id"], [])) for r in page],
                          next_cursor=nxt)
 
+    install_auth(app, ACCESS, projector)
     return app

@@ -1,6 +1,6 @@
-"""Who may run which RMA command (until token authentication, the role and actor come from the
-X-Role and X-Actor headers). Staff act as `service` (technicians, warehouses, customer service) or
-`platform`; customers only for their own RMAs."""
+"""Who may run which RMA command (the role and actor are the bearer token's: libs/auth; the HTTP gate,
+entrypoints/access.py, has already refused the roles a route never allows). Staff act as `service`
+(technicians, warehouses, customer service) or `platform`; customers only for their own RMAs."""
 
 from __future__ import annotations
 
@@ -23,4 +23,4 @@ def require_role(role: str, actor: str, *, action: str, roles: Iterable[str], cu
     if role not in allowed:
         raise Forbidden("X-Role", f"only the {' or '.join(allowed)} role may {action}; the role is {role!r}")
     if role == "customer" and actor != customer_id:
-        raise Forbidden("X-Actor", f"only the customer {customer_id} may {action}, not {actor!r}")
+        raise Forbidden("X-Actor", f"only the RMA's own customer may {action}; the actor {actor!r} is not")

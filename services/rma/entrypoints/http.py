@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Path, Query, Request, Response
 
 from libs.application.unit_of_work import CommandResult
+from libs.auth.http import install_auth
 from libs.http.context import Ctx
 from libs.http.errors import install_error_handlers
 from libs.http.health import install_health
@@ -34,6 +35,7 @@ from services.rma.domain.commands import (
 )
 from services.rma.domain.events import RmaStatus
 from services.rma.domain.warranty import local_date
+from services.rma.entrypoints.access import ACCESS
 
 _ID = r"^[A-Za-z0-9_.:-]+$"
 RmaId = Annotated[str, Path(min_length=1, max_length=64, pattern=_ID)]
@@ -46,7 +48,7 @@ Cursor = Annotated[str | None, Query(max_length=500, description="next_cursor of
 SkuQuery = Annotated[str | None, Query(min_length=1, max_length=64, pattern=_ID)]
 
 COMMAND_ERRORS: dict[int | str, dict[str, Any]] = {
-    403: {"description": "the role (X-Role) or actor (X-Actor) may not run this command"},
+    403: {"description": "the token's role (X-Role) or actor (X-Actor) may not run this command"},
     404: {"description": "no such RMA / transfer"},
     409: {"description": "refused in the current state (body: current_state, stage, allowed_commands), an open RMA "
                          "for the serial already exists, no stock left, or an If-Match version conflict"},
@@ -288,4 +290,5 @@ def create_app(rma: Any | None) -> FastAPI:
         rate = Fraction(str(failure_rate)) if failure_rate is not None else None
         return await q(request).replacement_demand(sku, today=today, failure_rate=rate)  # type: ignore[no-any-return]
 
+    install_auth(app, ACCESS, rma)
     return app

@@ -14,6 +14,7 @@ from fastapi import APIRouter, FastAPI, Path, Query, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from libs.auth.http import install_auth
 from libs.http.context import Ctx
 from libs.http.errors import error_body, install_error_handlers
 from libs.http.health import install_health
@@ -22,12 +23,13 @@ from services.shipping.application.queries import track as track_query
 from services.shipping.domain.duplicates import DuplicateStatus
 from services.shipping.domain.events import ShipmentDuplicateResolution, TrackingVia
 from services.shipping.domain.shipment import ShipmentRequest
+from services.shipping.entrypoints.access import ACCESS
 
 SIGNATURE_HEADER = "X-Carrier-Signature"
 IdPath = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 IdQuery = Annotated[str | None, Query(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 COMMAND_RESPONSES: dict[int | str, dict[str, Any]] = {
-    403: {"description": "the actor's role may not do this (X-Role named); nothing stored"},
+    403: {"description": "the token's role may not do this (X-Role named); nothing stored"},
     404: {"description": "no such label / shipment / duplicate"},
     409: {"description": "not allowed in its state (named, with the allowed commands), or a version conflict; "
                          "nothing stored"},
@@ -291,4 +293,5 @@ def create_app(shipping: Any | None) -> FastAPI:
     install_health(app, lambda: app.state.shipping.store.pool, ready_details,
                    readiness="consumer, reaction and tracking counters.")
     app.include_router(router)
+    install_auth(app, ACCESS, shipping)
     return app
