@@ -327,11 +327,14 @@ def _verify_cmd(from_: str | None = FromOpt, to: str | None = ToOpt, stream_pref
             out.print(f"[green]OK[/]: no finding ({doc['seconds']['total']} s)")
         else:
             table = Table(title=f"{sum(doc['counts'].values())} findings", show_lines=False)
-            for col in ("kind", "stream", "version", "position", "source", "detail"):
-                table.add_column(col, overflow="fold")
+            table.add_column("kind", no_wrap=True)
+            table.add_column("where: stream #version (position)", overflow="fold", ratio=2)
+            table.add_column("found by", overflow="fold")
+            table.add_column("detail", overflow="fold", ratio=3)
             for f in shown:
-                table.add_row(*_cells(f["kind"], f["stream_id"], f["stream_version"], f["global_position"],
-                                      f["source"], f["detail"]))
+                where = " ".join(x for x in (f["stream_id"] or "", f"#{f['stream_version']}" if f["stream_version"]
+                                             else "", f"({f['global_position']})" if f["global_position"] else "") if x)
+                table.add_row(*_cells(f["kind"], where or "-", f["source"], f["detail"]))
             out.print(table)
             if doc.get("findings_truncated"):
                 out.print(f"… and {doc['findings_truncated']} more (--max-findings)")
