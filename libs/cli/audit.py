@@ -150,8 +150,11 @@ def _replay_cmd(stream: str = typer.Argument(..., metavar="STREAM", help="stream
                                                 help="print the whole state after every event (default: the "
                                                      "attributes each event changed, then the final state)"),
                 json_: bool = JsonOpt, database_url: str | None = DatabaseUrl) -> None:
-    """Each event of STREAM (position, version, type, time, actor, role, reason, correlation id)
-    and the state of its aggregate after it, rebuilt by the service's own aggregate class."""
+    """Each event of STREAM and the state of its aggregate after it.
+
+    Every event with its position, version, type, time, actor, role, reason and correlation id; the
+    state is rebuilt by the service's own aggregate class (events only for a category without one).
+    """
     at = parse_time(as_of, "--as-of") if as_of else None
     try:
         result, stored = _run(_load_replay(resolve_dsn(database_url), stream, at))
@@ -193,8 +196,11 @@ def _state_cmd(stream: str = typer.Argument(..., metavar="STREAM"),
                as_of: str | None = typer.Option(None, "--as-of", metavar="TIME",
                                                 help="the moment (default: now); events recorded at or before it"),
                json_: bool = JsonOpt, database_url: str | None = DatabaseUrl) -> None:
-    """The state of STREAM's aggregate at a moment: its events recorded (events.recorded_at, the
-    store's insert time) at or before --as-of, applied by the service's aggregate class."""
+    """The state of STREAM's aggregate at a moment.
+
+    Its events recorded at or before --as-of (events.recorded_at: the store's insert time, database
+    clock), applied by the service's own aggregate class.
+    """
     at = parse_time(as_of, "--as-of") if as_of else None
     try:
         result, stored = _run(_load_replay(resolve_dsn(database_url), stream, at))
@@ -300,8 +306,12 @@ def _verify_cmd(from_: str | None = FromOpt, to: str | None = ToOpt, stream_pref
                 jobs: int = typer.Option(2, "--jobs", min=1, max=16,
                                          help="database connections hashing in parallel (one snapshot)"),
                 json_: bool = JsonOpt, database_url: str | None = DatabaseUrl) -> None:
-    """Check every hash chain, version continuity, stream tails against the read models' versions,
-    and that the projector's read model equals a replay. Exit 1 on any finding, 0 on a clean store."""
+    """Verify the store: hash chains, versions, stream tails, read models. Exit 1 on any finding.
+
+    Every hash recomputed and linked to its predecessor, no gap in any stream's versions, every
+    stream's last version against what the read models and consumers recorded (a deleted last
+    event), and the projector's read model equal to a replay. Exit 0 on a clean store.
+    """
     flt = _filter(stream_prefix, from_, to)
     doc = _run(_verify(resolve_dsn(database_url), flt, read_models=read_models, grace=grace, jobs=jobs,
                        show_progress=not json_))
@@ -376,8 +386,11 @@ def _export_cmd(out_dir: Path = typer.Option(..., "--out", metavar="DIR", help="
                 batch_size: int = typer.Option(10000, "--batch-size", min=1, help="events fetched per round trip"),
                 file_events: int = typer.Option(1_000_000, "--file-events", min=1, help="events per file at most"),
                 json_: bool = JsonOpt, database_url: str | None = DatabaseUrl) -> None:
-    """Export the events of a time range (and stream prefix) with a manifest: counts, first and last
-    global position, time range, the arguments, and the SHA-256 of each file (also in SHA256SUMS)."""
+    """Export events (a time range, a stream prefix) as JSONL or CSV with a manifest.
+
+    The manifest holds the counts, the first and last global position, the time range, the
+    arguments and the SHA-256 of each file (also in SHA256SUMS).
+    """
     from libs.cli.evidence import FORMATS
 
     if fmt not in FORMATS:
@@ -439,7 +452,7 @@ def _audit_cmd(actor: str | None = typer.Option(None, "--actor", help="who (meta
                cursor: str | None = typer.Option(None, "--cursor", help="continue after a page (printed at its end)"),
                data: bool = typer.Option(False, "--data", help="show each event's data too (always in --json)"),
                json_: bool = JsonOpt, database_url: str | None = DatabaseUrl) -> None:
-    """Who changed what, when and why (from each event's metadata), newest first, one page at a time."""
+    """Who changed what, when and why (each event's metadata), newest first, paged."""
     flt = _filter(stream_prefix, from_, to, actor, role)
     doc = _run(_audit(resolve_dsn(database_url), flt, limit, _parse_cursor(cursor)))
     if json_:
