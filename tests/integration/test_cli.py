@@ -238,6 +238,14 @@ async def test_verify_finds_an_edited_event_row(new_db: Callable[[], Awaitable[D
         ("tampered", stream, 1)}
     # The replay carries the edit, so the read model (built from the original) differs too.
     assert any(f["kind"] == "read_model_drift" and f["stream_id"] == stream for f in doc["findings"])
+    # A time range checks the events recorded in it (each against its predecessor, wherever that is).
+    edited = (await db.store.read_stream(stream))[0]
+    later = (await db.store.read_stream(stories[1].order_stream))[0].recorded_at
+    after = await db.cli_json("verify", "--from", later.isoformat(), "--no-read-models")
+    assert after["ok"] and after["checked"]["events"] == await db.store.pool.fetchval(
+        "SELECT count(*) FROM events WHERE recorded_at >= $1", later)
+    upto = await db.cli_json("verify", "--to", edited.recorded_at.isoformat(), "--no-read-models", code=1)
+    assert [(f["kind"], f["stream_id"]) for f in upto["findings"]] == [("tampered", stream)]
     # The same finding when the hashing is spread over small ranges and three connections.
     conns = [await asyncpg.connect(db.dsn) for _ in range(3)]
     try:
