@@ -12,6 +12,7 @@ from services.payments.domain import upstream_events as _upstream_events  # noqa
 from services.payments.domain import voucher as _voucher  # noqa: F401
 from services.payments.domain import wallet as _wallet  # noqa: F401
 from services.payments.domain.kolable import events as _kolable_events  # noqa: F401
+from services.projector.domain import reconciliation as _reconciliation_events  # noqa: F401
 from services.rma.domain import events as _rma_events  # noqa: F401
 from services.shipping.domain import events as _shipping_events  # noqa: F401
 
@@ -23,6 +24,8 @@ PAYMENTS_UPSTREAM = "payments.upstream"
 RMA_EVENTS = "rma.events"
 SHIPPING_EVENTS = "shipping.events"
 NOTIFICATIONS_EVENTS = "notifications.events"
+# The projector's own events: reconciliation runs and the discrepancies they find.
+PROJECTOR_EVENTS = "projector.events"
 # Carriers publish their tracking events here (two formats, normalised by shipping); not written by the relay.
 CARRIER_TRACKING = "carrier.tracking"
 
@@ -53,6 +56,8 @@ STREAM_TOPICS: dict[str, str] = {
     "shipment_duplicate": SHIPPING_EVENTS,  # a duplicate shipment and its follow-up
     "notification": NOTIFICATIONS_EVENTS,
     "sla": NOTIFICATIONS_EVENTS,
+    "reconciliation": PROJECTOR_EVENTS,  # a reconciliation run (services/projector/domain/reconciliation.py)
+    "discrepancy": PROJECTOR_EVENTS,  # a discrepancy it found, and its lifecycle
 }
 
 TOPICS: list[str] = sorted({*STREAM_TOPICS.values(), PAYMENTS_UPSTREAM, CARRIER_TRACKING})

@@ -29,6 +29,7 @@ from services.payments.domain.refund import RefundExecution
 from services.payments.domain.transaction import Transaction
 from services.payments.domain.voucher import Voucher
 from services.payments.domain.wallet import Wallet
+from services.projector.domain.reconciliation import Discrepancy
 from services.rma.domain.catalogue import CatalogueItem
 from services.rma.domain.rma import Rma
 from services.rma.domain.stock import StockLevel, Warehouse
@@ -73,6 +74,7 @@ AGGREGATES: dict[str, StreamKind] = {k.category: k for k in [
     _one(ReturnLabel, "shipping"), _one(Shipment, "shipping"), _one(CarrierManifest, "shipping"),
     _one(ShipmentDuplicate, "shipping"),
     _one(Notification, "notifications"), _one(SlaClock, "notifications"),
+    _one(Discrepancy, "projector"),
 ]}
 
 # Categories whose streams carry events but no state worth rebuilding, and why.
@@ -82,6 +84,8 @@ EVENTS_ONLY: dict[str, str] = {
     "upstream": "an upstream payment system's event as received (raw payload), stored once per provider "
                 "event id; it is applied to the transaction, dispute or Kolable order it concerns",
     "merchant": "reserved for merchant records, which are a read model of the payments service",
+    "reconciliation": "one reconciliation run of the projector (started, then completed with its counts and the "
+                      "report's SHA-256, or failed); the report itself is GET /reconciliations/{id}",
 }
 # Aggregate subclasses that are deliberately not rebuilt (their category is in EVENTS_ONLY).
 EVENTS_ONLY_CLASSES: tuple[AggregateType, ...] = (PaymentContract,)

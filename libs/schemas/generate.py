@@ -25,10 +25,11 @@ HTTP_APPS = {
 # Who consumes which topic (documented as AsyncAPI receive operations).
 CONSUMERS = {
     "orders.events": ["projector", "payments"],
-    "payments.events": ["orders"],
+    "payments.events": ["orders", "projector"],
     "payments.upstream": ["payments"],
-    "rma.events": ["shipping", "notifications"],
-    "shipping.events": ["rma", "notifications"],
+    "rma.events": ["shipping", "notifications", "projector"],
+    "shipping.events": ["rma", "notifications", "projector"],
+    "notifications.events": ["projector"],
     "carrier.tracking": ["shipping"],
 }
 

@@ -1,6 +1,10 @@
-"""Rebuild the order read model from the event store into a shadow schema, and compare
-it with the live one row by row. Used by tests now and by the daily reconciliation and
-the zero-downtime rebuild (issue 5) later."""
+"""Rebuild the order read model from the event store into a shadow schema by applying the
+events in batches through the live code path, and compare it with the live one row by row;
+optionally for a few orders only, when other writers share the database. Used by the
+projector's tests and by `closeloop verify` (libs/cli/readmodels.py).
+
+The whole-store replay of every projector table, its catch-up and the atomic swap are
+services/projector/shadow.py (the daily reconciliation and the zero-downtime rebuild)."""
 
 from __future__ import annotations
 

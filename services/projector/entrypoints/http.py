@@ -20,6 +20,7 @@ from libs.observability import install_metrics
 from services.orders.domain.events import OrderStatus
 from services.projector.entrypoints.access import ACCESS
 from services.projector.entrypoints.console_http import router as console_router
+from services.projector.entrypoints.reconciliation_http import router as reconciliation_router
 
 OrderId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
@@ -142,7 +143,8 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
 def create_app(projector: Any | None) -> FastAPI:
     """The projector's FastAPI app; `projector` is None when only the OpenAPI is needed."""
     app = FastAPI(title="closeloop projector (queries)", version="1.0.0",
-                  description="Read models built from the event stream: orders, bills and their history.")
+                  description="Read models built from the event stream: orders, bills and their history; the "
+                              "daily reconciliation and the zero-downtime projection rebuild.")
     app.state.projector = projector
     install_error_handlers(app)
 
@@ -165,6 +167,7 @@ def create_app(projector: Any | None) -> FastAPI:
     install_health(app, lambda: app.state.projector.store.pool, ready_details,
                    readiness="the consumer's progress (batches, events applied, duplicates, offsets).")
     app.include_router(console_router)
+    app.include_router(reconciliation_router)
 
     @app.get("/orders/{order_id}", response_model=OrderView, tags=["orders"],
              responses={404: {"description": "no such order in the read model (yet)"}})

@@ -1,10 +1,13 @@
 """The order read model: rm_orders (one row per order), rm_bills (one row per bill) and
 rm_order_history (one row per event).
 
-The reducers are pure functions of (current row, event); OrdersProjection feeds them
-batches and writes the rows back. The same code serves the live consumer and a rebuild
-from the event store into a shadow schema, which is what makes "a rebuilt read model
-equals the live one" a meaningful check.
+The reducers are pure functions of (current row, stored event and its JSON payload);
+OrdersProjection feeds them batches and writes the rows back, and `fold_stream` runs them
+over a whole stream for a replay (services/projector/shadow.py). The same code serves the
+live consumer and a rebuild from the event store into a shadow schema, which is what makes
+"a rebuilt read model equals the live one" a meaningful check. They read the payload as
+stored rather than the decoded model (projections/common.py says why); the live path still
+decodes every event first, to dead-letter what it cannot read.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from libs.eventstore import EventStore, RecordedEvent
 from libs.messaging.envelope import EventEnvelope
 from services.orders.domain import events as ev
 from services.orders.domain.events import BillStatus, OrderStatus
+from services.projector.projections.common import Stored, current_data, ts, types_of, upsert_sql
 
 PROJECTION = "orders"
 CATEGORIES = ("order", "bill")
@@ -38,6 +42,10 @@ BILL_COLUMNS = [
     "labour_minutes", "lines", "confirmed_revision", "paid_amount", "payment_reference", "close_reason",
     "issued_at", "updated_at", "bill_version", "last_position",
 ]
+HISTORY_COLUMNS = ["event_id", "order_id", "stream_id", "stream_version", "global_position", "event_type",
+                   "recorded_at", "actor", "role", "correlation_id", "data"]
+ORDER_TYPES = types_of(ev.OrderEvent)
+BILL_TYPES = types_of(ev.BillEvent)
 
 
 def _status(row: dict[str, Any], status: OrderStatus) -> None:
@@ -45,51 +53,50 @@ def _status(row: dict[str, Any], status: OrderStatus) -> None:
     row["status_label"] = status.label_zh
 
 
-def reduce_order(row: dict[str, Any] | None, e: EventEnvelope, event: DomainEvent) -> dict[str, Any]:
-    """The order row after `event` (an event of an order-<id> stream)."""
-    r: dict[str, Any] = dict(row) if row else {c: None for c in ORDER_COLUMNS}
-    match event:
-        case ev.OrderPlaced():
-            r.update(order_id=event.order_id, customer_id=event.customer_id, staff_id=event.staff_id,
-                     service_code=event.service.service_code, product_line=event.service.product_line,
-                     service_name=event.service.name, slot_start=event.slot.start, slot_end=event.slot.end,
-                     city=event.address.city, district=event.address.district,
-                     currency=event.estimated_total.currency, estimated_total=event.estimated_total.amount,
-                     prepayment_required=event.prepayment.required,
-                     prepayment_reasons=[x.model_dump(mode="json") for x in event.prepayment.reasons],
-                     prepayment_policy_version=event.prepayment.policy_version,
-                     payment_deadline=event.payment_deadline, prepayment_bill_id=event.prepayment_bill_id,
-                     placed_at=event.placed_at)
-            _status(r, OrderStatus.AWAITING_PREPAYMENT if event.prepayment.required
+def reduce_order(row: dict[str, Any] | None, e: Stored, d: dict[str, Any]) -> dict[str, Any]:
+    """The order row after event `e` of an order-<id> stream, whose payload (current schema) is `d`."""
+    r: dict[str, Any] = dict(row) if row else dict.fromkeys(ORDER_COLUMNS)
+    match e.event_type:
+        case "OrderPlaced":
+            total, prepayment = d["estimated_total"], d["prepayment"]
+            r.update(order_id=d["order_id"], customer_id=d["customer_id"], staff_id=d["staff_id"],
+                     service_code=d["service"]["service_code"], product_line=d["service"]["product_line"],
+                     service_name=d["service"]["name"], slot_start=ts(d["slot"]["start"]),
+                     slot_end=ts(d["slot"]["end"]), city=d["address"]["city"], district=d["address"]["district"],
+                     currency=total["currency"], estimated_total=total["amount"],
+                     prepayment_required=prepayment["required"], prepayment_reasons=prepayment["reasons"],
+                     prepayment_policy_version=prepayment["policy_version"],
+                     payment_deadline=ts(d.get("payment_deadline")), prepayment_bill_id=d.get("prepayment_bill_id"),
+                     placed_at=ts(d["placed_at"]))
+            _status(r, OrderStatus.AWAITING_PREPAYMENT if prepayment["required"]
                     else OrderStatus.AWAITING_CONFIRMATION)
-        case ev.OrderCheckoutStarted():
+        case "OrderCheckoutStarted":
             _status(r, OrderStatus.PROCESSING)
-        case ev.OrderCheckoutAbandoned():
+        case "OrderCheckoutAbandoned":
             _status(r, OrderStatus.AWAITING_PREPAYMENT)
-        case ev.OrderPrepaid():
-            r["prepaid_amount"] = event.amount.amount
+        case "OrderPrepaid":
+            r["prepaid_amount"] = d["amount"]["amount"]
             _status(r, OrderStatus.AWAITING_CONFIRMATION)
-        case ev.OrderAccepted():
-            r["merchant_id"] = event.merchant_id
+        case "OrderAccepted":
+            r["merchant_id"] = d["merchant_id"]
             _status(r, OrderStatus.ACCEPTED)
-        case ev.OrderServiceStarted():
+        case "OrderServiceStarted":
             _status(r, OrderStatus.IN_SERVICE)
-        case ev.OrderBilled():
-            r.update(bill_id=event.bill_id, bill_total=event.total.amount, bill_revision=1)
+        case "OrderBilled":
+            r.update(bill_id=d["bill_id"], bill_total=d["total"]["amount"], bill_revision=1)
             _status(r, OrderStatus.BILLED)
-        case ev.OrderBillAdjusted():
-            r.update(bill_total=event.total.amount, bill_revision=event.revision)
-        case ev.OrderBillConfirmed():
-            r.update(bill_total=event.total.amount, bill_revision=event.revision)
+        case "OrderBillAdjusted":
+            r.update(bill_total=d["total"]["amount"], bill_revision=d["revision"])
+        case "OrderBillConfirmed":
+            r.update(bill_total=d["total"]["amount"], bill_revision=d["revision"])
             _status(r, OrderStatus.AWAITING_PAYMENT)
-        case ev.OrderCompleted():
-            r.update(settled_total=event.settled_total.amount, completed_at=event.at)
+        case "OrderCompleted":
+            r.update(settled_total=d["settled_total"]["amount"], completed_at=ts(d["at"]))
             _status(r, OrderStatus.COMPLETED)
-        case ev.OrderCancelled():
-            r.update(cancelled_by=event.cancelled_by.value, fault_party=event.fault_party.value,
-                     cancel_reason_code=event.reason_code,
-                     seconds_before_service_start=event.seconds_before_service_start,
-                     cancelled_at=event.cancelled_at)
+        case "OrderCancelled":
+            r.update(cancelled_by=d["cancelled_by"], fault_party=d["fault_party"], cancel_reason_code=d["reason_code"],
+                     seconds_before_service_start=d["seconds_before_service_start"],
+                     cancelled_at=ts(d["cancelled_at"]))
             _status(r, OrderStatus.CANCELLED)
         case _:
             pass  # e.g. OrderPaymentReceivedAfterCancellation: history only
@@ -104,34 +111,33 @@ def _bill_status(row: dict[str, Any], status: BillStatus) -> None:
     row["status_label"] = status.label_zh
 
 
-def reduce_bill(row: dict[str, Any] | None, e: EventEnvelope, event: DomainEvent) -> dict[str, Any]:
-    """The bill row after `event` (an event of a bill-<id> stream)."""
-    r: dict[str, Any] = dict(row) if row else {c: None for c in BILL_COLUMNS}
-    match event:
-        case ev.BillIssued():
-            r.update(bill_id=event.bill_id, order_id=event.order_id, kind=ev.BillKind.PREPAYMENT.value,
-                     currency=event.amount.currency, amount=event.amount.amount, issued_at=event.at)
+def reduce_bill(row: dict[str, Any] | None, e: Stored, d: dict[str, Any]) -> dict[str, Any]:
+    """The bill row after event `e` of a bill-<id> stream, whose payload (current schema) is `d`."""
+    r: dict[str, Any] = dict(row) if row else dict.fromkeys(BILL_COLUMNS)
+    match e.event_type:
+        case "BillIssued":
+            r.update(bill_id=d["bill_id"], order_id=d["order_id"], kind=ev.BillKind.PREPAYMENT.value,
+                     currency=d["amount"]["currency"], amount=d["amount"]["amount"], issued_at=ts(d["at"]))
             _bill_status(r, BillStatus.PENDING)
-        case ev.BillPushed() | ev.BillAdjusted():
-            r.update(bill_id=event.bill_id, order_id=event.order_id, kind=ev.BillKind.FINAL.value,
-                     currency=event.total.currency, amount=event.total.amount, revision=event.revision,
-                     labour_minutes=event.labour.minutes,
-                     lines={"labour": event.labour.model_dump(mode="json"),
-                            "materials": [m.model_dump(mode="json") for m in event.materials]})
-            if isinstance(event, ev.BillPushed):
-                r["issued_at"] = event.at
+        case "BillPushed" | "BillAdjusted":
+            r.update(bill_id=d["bill_id"], order_id=d["order_id"], kind=ev.BillKind.FINAL.value,
+                     currency=d["total"]["currency"], amount=d["total"]["amount"], revision=d["revision"],
+                     labour_minutes=d["labour"]["minutes"],
+                     lines={"labour": d["labour"], "materials": d["materials"]})
+            if e.event_type == "BillPushed":
+                r["issued_at"] = ts(d["at"])
             _bill_status(r, BillStatus.PENDING)
-        case ev.BillConfirmed():
-            r["confirmed_revision"] = event.revision
-        case ev.BillPaymentStarted():
+        case "BillConfirmed":
+            r["confirmed_revision"] = d["revision"]
+        case "BillPaymentStarted":
             _bill_status(r, BillStatus.PROCESSING)
-        case ev.BillPaymentAbandoned():
+        case "BillPaymentAbandoned":
             _bill_status(r, BillStatus.PENDING)
-        case ev.BillPaid():
-            r.update(paid_amount=event.amount.amount, payment_reference=event.reference)
+        case "BillPaid":
+            r.update(paid_amount=d["amount"]["amount"], payment_reference=d["reference"])
             _bill_status(r, BillStatus.COMPLETED)
-        case ev.BillClosed():
-            r["close_reason"] = event.reason
+        case "BillClosed":
+            r["close_reason"] = d["reason"]
             _bill_status(r, BillStatus.CLOSED)
         case _:
             pass
@@ -139,6 +145,26 @@ def reduce_bill(row: dict[str, Any] | None, e: EventEnvelope, event: DomainEvent
     r["last_position"] = e.global_position
     r["updated_at"] = e.recorded_at
     return r
+
+
+def fold_stream(events: Sequence[Stored]) -> tuple[str, dict[str, Any]] | None:
+    """The row (table, row) an order-<id> or bill-<id> stream gives when replayed from its first
+    event; what the live consumer reaches by applying the same events one batch at a time.
+    Events of the wrong kind for the stream or of an unknown type change nothing (the live path
+    dead-letters them)."""
+    if not events:
+        return None
+    is_order = events[0].stream_id.startswith("order-")
+    wanted, reduce, table = (ORDER_TYPES, reduce_order, "rm_orders") if is_order else (BILL_TYPES, reduce_bill,
+                                                                                        "rm_bills")
+    row: dict[str, Any] | None = None
+    for e in events:
+        if e.event_type not in wanted:
+            continue
+        d = current_data(e)
+        if d is not None:
+            row = reduce(row, e, d)
+    return None if row is None else (table, row)
 
 
 def history_row(e: EventEnvelope) -> tuple[Any, ...]:
@@ -151,13 +177,6 @@ def envelope_of(r: RecordedEvent) -> EventEnvelope:
     return EventEnvelope.from_recorded(r)
 
 
-def _upsert_sql(table: str, columns: list[str], key: str) -> str:
-    cols = ", ".join(columns)
-    params = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
-    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c != key)
-    return f"INSERT INTO {table} ({cols}) VALUES ({params}) ON CONFLICT ({key}) DO UPDATE SET {updates}"
-
-
 class OrdersProjection:
     """Applies order and bill events to the read model in `schema` (public = live)."""
 
@@ -168,8 +187,8 @@ class OrdersProjection:
         t = f"{schema}."
         self.t_orders, self.t_bills, self.t_history, self.t_streams = (
             t + "rm_orders", t + "rm_bills", t + "rm_order_history", t + "projection_streams")
-        self._order_upsert = _upsert_sql(self.t_orders, ORDER_COLUMNS, "order_id")
-        self._bill_upsert = _upsert_sql(self.t_bills, BILL_COLUMNS, "bill_id")
+        self._order_upsert = upsert_sql(self.t_orders, ORDER_COLUMNS, ["order_id"])
+        self._bill_upsert = upsert_sql(self.t_bills, BILL_COLUMNS, ["bill_id"])
         self.dead_lettered = 0
 
     @staticmethod
@@ -225,10 +244,12 @@ class OrdersProjection:
         bills = {r["bill_id"]: dict(r) for r in await conn.fetch(
             f"SELECT * FROM {self.t_bills} WHERE bill_id = ANY($1)", bill_ids)} if bill_ids else {}
         for e, event in decoded:
+            # The payload as stored (the replay reads the same), or the upcast one for an old version.
+            d = e.data if e.schema_version == event.schema_version else event.to_data()
             if isinstance(event, ev.OrderEvent):
-                orders[event.order_id] = reduce_order(orders.get(event.order_id), e, event)
+                orders[event.order_id] = reduce_order(orders.get(event.order_id), e, d)
             elif isinstance(event, ev.BillEvent):
-                bills[event.bill_id] = reduce_bill(bills.get(event.bill_id), e, event)
+                bills[event.bill_id] = reduce_bill(bills.get(event.bill_id), e, d)
         if order_ids:
             await conn.executemany(self._order_upsert, [tuple(orders[o][c] for c in ORDER_COLUMNS) for o in order_ids])
         if bill_ids:
