@@ -142,6 +142,8 @@ class ShadowBuild:
         self.snapshot: Snapshot | None = None
         self.cursor: Cursor | None = None  # the catch-ups' position in follower order
         self.events_in_store = 0  # in the snapshot
+        self.fold_errors: list[str] = []  # streams whose events could not be folded (no rows; the live path
+        # dead-letters them too, so the reconciliation shows whatever a live row still holds of them)
         self.head_position = 0  # the highest global position in the snapshot
         self._last_report = 0.0
         self._phase_at = time.monotonic()
@@ -278,12 +280,19 @@ class ShadowBuild:
             # The version the live projection records for the stream: its last event's, read or not.
             versions.append((PROJECTION_OF_CATEGORY[cat], stream[0].stream_id, stream[-1].stream_version))
             if cat in orders_projection.CATEGORIES:
-                got = orders_projection.fold_stream(stream)
+                try:
+                    got = orders_projection.fold_stream(stream)
+                except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                    got = None
+                    self.fold_errors.append(f"{stream[0].stream_id}: {type(exc).__name__}: {exc}")
                 if got is not None:
                     table, row = got
                     buffers.setdefault(table, []).append(tuple(row[c] for c in BY_NAME[table].columns))
             else:
-                for table, rows in facts.fold(stream).items():
+                rows_of, error = facts.safe_fold(stream)
+                if error is not None:
+                    self.fold_errors.append(f"{stream[0].stream_id}: {error}")
+                for table, rows in rows_of.items():
                     cols = BY_NAME[table].columns
                     buffers.setdefault(table, []).extend(tuple(r[c] for c in cols) for r in rows)
 

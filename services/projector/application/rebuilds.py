@@ -98,7 +98,8 @@ class Rebuilds:
                 await report(build.progress, force=True)
                 out = {**build.progress.as_dict(), "tables": result.tables, "tail_applied_in_swap": result.tail_applied,
                        "swap_wait_ms": round(result.wait_ms, 1), "swap_locked_ms": round(result.locked_ms, 1),
-                       "events_in_store": build.events_in_store, "head_position": build.head_position}
+                       "events_in_store": build.events_in_store, "head_position": build.head_position,
+                       "fold_errors": build.fold_errors[:100]}
                 await self.store.pool.execute(
                     """UPDATE projection_rebuilds SET status = 'swapped', phase = 'swapped', progress = $2,
                               finished_at = now(), heartbeat_at = now() WHERE rebuild_id = $1""", rebuild_id, out)

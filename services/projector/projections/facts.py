@@ -444,6 +444,16 @@ def fold(events: Sequence[Stored]) -> Rows:
     return fn(events) if fn is not None else {}
 
 
+def safe_fold(events: Sequence[Stored]) -> tuple[Rows, str | None]:
+    """fold(), or no rows and the reason when a payload cannot be folded (a stored event the reducers
+    do not understand must not stop the consumer or a replay: its stream's rows are then missing on
+    both sides, and the dead letter says why)."""
+    try:
+        return fold(events), None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        return {}, f"{type(exc).__name__}: {exc}"
+
+
 # --- the live consumer ------------------------------------------------------------------------------------------
 
 
@@ -486,12 +496,31 @@ class FactsProjection:
         streams: dict[str, list[Stored]] = {}
         for r in rows:
             streams.setdefault(r["stream_id"], []).append(StoredEvent(*r.values()))
-        await self.write(conn, {sid: fold(evs) for sid, evs in streams.items()})
+        folded: dict[str, Rows] = {}
+        dead: list[tuple[Stored, str]] = []
+        for sid, evs in streams.items():
+            folded[sid], error = safe_fold(evs)
+            if error is not None:
+                dead.append((evs[-1], error))
+        await self.write(conn, folded)
+        if dead:
+            await conn.executemany(
+                """INSERT INTO dead_letters (consumer, event_id, stream_id, stream_version, event_type, reason,
+                                             envelope)
+                   SELECT $1, e.event_id, e.stream_id, e.stream_version, e.event_type, $2, to_jsonb(e)
+                     FROM events e WHERE e.stream_id = $3 AND e.stream_version = $4
+                   ON CONFLICT (consumer, event_id) DO NOTHING""",
+                [(f"projection:{self.schema}.{self.name}", reason[:1000], e.stream_id, e.stream_version)
+                 for e, reason in dead])
+        # The version each stream was folded to, as the store holds it: a message for a stream the
+        # store does not have (published by something else than the relay) is not counted as applied.
+        applied = {sid: evs[-1].stream_version for sid, evs in streams.items()
+                   if evs[-1].stream_version > known.get(sid, 0)}
         await conn.executemany(
             f"""INSERT INTO {self.t_streams} (projection, stream_id, version) VALUES ($1, $2, $3)
                 ON CONFLICT (projection, stream_id) DO UPDATE SET version = EXCLUDED.version""",
-            [(self.name, s, v) for s, v in todo.items()])
-        return sum(v - known.get(s, 0) for s, v in todo.items())
+            [(self.name, s, v) for s, v in applied.items()])
+        return sum(v - known.get(s, 0) for s, v in applied.items())
 
     async def write(self, conn: asyncpg.Connection, folded: dict[str, Rows]) -> None:
         """Replace the rows of these streams by their folded rows."""
