@@ -263,9 +263,10 @@ class ShadowBuild:
         # payload would spill to disk.
         await reader.execute("SET LOCAL enable_sort = off")
         cur = await reader.cursor(
-            """SELECT stream_id, stream_version, global_position, recorded_at, event_type, schema_version, data
+            """SELECT stream_id, stream_version, global_position, recorded_at, event_type, schema_version,
+                      CASE WHEN event_type = ANY($2::text[]) THEN '{}'::jsonb ELSE data END
                  FROM events WHERE split_part(stream_id, '-', 1) = ANY($1::text[])
-                ORDER BY stream_id, stream_version""", cats)
+                ORDER BY stream_id, stream_version""", cats, sorted(facts.PAYLOAD_UNUSED))
         buffers: dict[str, list[tuple[Any, ...]]] = {}
         copies: list[asyncio.Task[None]] = []
         stream: list[StoredEvent] = []

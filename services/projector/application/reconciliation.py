@@ -337,6 +337,7 @@ class _Run:
                 await self.build.build()
             finally:
                 if not integrity.done():
+                    await self.set_phase("checking_store")
                     await asyncio.wait([integrity])
             integrity_counts, store_findings = integrity.result()
             self.counts["integrity"] = integrity_counts

@@ -252,6 +252,9 @@ def fold_refund(events: Sequence[Stored]) -> Rows:
 # --- payments: what the provider reported -----------------------------------------------------------------
 
 UPSTREAM_FACT_TYPES = types_of(UpstreamFact)
+# Types whose payload no fold reads (the provider's raw event: large, and only its fact matters here);
+# a replay does not fetch it.
+PAYLOAD_UNUSED = frozenset({"UpstreamEventReceived"})
 _REFUND_METADATA_KEY = "closeloop_refund_id"  # services/payments/application/refunds.py REFUND_METADATA_KEY
 
 
