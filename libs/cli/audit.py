@@ -1,8 +1,9 @@
 """The auditor's commands: replay, state, verify, export, audit.
 
-Every command reads one consistent snapshot of the database (REPEATABLE READ, READ ONLY; verify's
-read-model replay uses temporary tables instead, in a transaction that is rolled back), so a
-role with SELECT on the tables (e.g. `pg_read_all_data`) can run all of them. `--json` prints one
+Every command reads one consistent snapshot of the database (REPEATABLE READ, READ ONLY) and
+writes nothing, not even a temporary table, so a role with SELECT on the tables (e.g.
+`pg_read_all_data`) can run all of them, and none holds back the relay (which publishes only below
+the oldest transaction that writes). `--json` prints one
 JSON document on stdout for scripts; progress bars go to stderr, only on a terminal.
 
 Times: ISO 8601 with a UTC offset. A time compares with `events.recorded_at`, the insert time
@@ -259,25 +260,19 @@ async def _verify(dsn: str, flt: Any, *, read_models: bool, grace: float, jobs: 
             witnesses, tail_findings = await check_tails(conn, flt)
             tail_seconds = time.perf_counter() - t0
             findings += tail_findings
-        models: list[dict[str, Any]] = []
-        model_seconds = 0.0
-        if read_models:
-            from libs.cli.readmodels import check_orders
+            models: list[dict[str, Any]] = []
+            model_seconds = 0.0
+            if read_models:
+                from libs.cli.readmodels import check_projector
 
-            t0 = time.perf_counter()
-            tr = conn.transaction(isolation="repeatable_read")
-            await tr.start()
-            try:
+                # Same snapshot: the live tables and the events are compared as of one instant.
+                t0 = time.perf_counter()
                 with _progress("read model replay", None, show_progress) as advance:
-                    report, model_findings = await check_orders(conn, flt, grace=timedelta(seconds=grace),
-                                                                progress=advance)
-            finally:
-                await tr.rollback()  # the shadow tables were temporary; nothing is kept
-            model_seconds = time.perf_counter() - t0
-            findings += model_findings
-            models.append({"name": report.name, "events_replayed": report.events_replayed,
-                           "streams": report.streams, "rows_compared": report.rows_compared,
-                           "skipped": report.skipped})
+                    report, model_findings = await check_projector(conn, flt, grace=timedelta(seconds=grace),
+                                                                   progress=advance)
+                model_seconds = time.perf_counter() - t0
+                findings += model_findings
+                models.append(report.as_dict())
     finally:
         for c in (conn, *helpers):
             await c.close()
@@ -328,11 +323,12 @@ def _verify_cmd(from_: str | None = FromOpt, to: str | None = ToOpt, stream_pref
                   f"{sum(c['witness_rows'].values())} read-model version rows in {len(c['witness_rows'])} tables")
         for m in c["read_models"]:
             if m["skipped"]:
-                out.print(f"read model {m['name']}: skipped, {m['skipped']}")
+                out.print(f"read models: skipped, {m['skipped']}")
             else:
-                rows = ", ".join(f"{t} {n}" for t, n in m["rows_compared"].items())
-                out.print(f"read model {m['name']}: replayed {m['events_replayed']} events of {m['streams']} "
-                          f"streams; compared {rows}")
+                rows = sum(t["live"] for t in m["tables"].values())
+                out.print(f"read models: replayed {m['events_replayed']} events of {m['streams']} streams with the "
+                          f"projector's folds; compared {rows} rows of {len(m['tables'])} tables "
+                          f"(projector's and services' own)")
         if doc["ok"]:
             out.print(f"[green]OK[/]: no finding ({doc['seconds']['total']} s)")
         else:

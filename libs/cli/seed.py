@@ -32,7 +32,7 @@ import orjson
 
 import services
 from libs.domain.aggregate import Aggregate
-from libs.domain.events import DomainEvent
+from libs.domain.events import DomainEvent, registry
 from libs.domain.money import Money
 from libs.eventstore import Metadata, NewEvent
 from services.orders.domain.bill import Bill
@@ -99,6 +99,17 @@ MIX = [("completed_prepaid", 30), ("completed_postpaid", 15), ("cancelled_before
 Streams = list[tuple[str, list[NewEvent]]]
 
 
+@dataclass(frozen=True)
+class ServiceRows:
+    """What a service writes in its own tables for an aggregate's events (libs/cli/dev.py writes them
+    with services/rma/application/projections.save and services/shipping/application/projections.py):
+    `aggregate` holds every event of its stream as pending (rma), or is saved (shipment)."""
+
+    service: str
+    aggregate: Aggregate
+    at: datetime
+
+
 @dataclass
 class _Case:
     """One story's streams; events are added in the order they happen, with who and why."""
@@ -106,6 +117,8 @@ class _Case:
     correlation_id: str
     streams: dict[str, list[NewEvent]] = field(default_factory=dict)
     last: uuid.UUID | None = None
+    # The services' own read-model rows of the case's final state, as they write them with the events.
+    service_rows: list[ServiceRows] = field(default_factory=list)
 
     def add(self, stream_id: str, events: list[DomainEvent], actor: str, role: str, reason: str | None = None) -> None:
         for e in events:
@@ -145,10 +158,14 @@ class Seeder:
 
     def cases(self) -> Iterator[tuple[str, Streams]]:
         """Endless (kind, streams) pairs."""
+        for kind, case in self.stories():
+            yield kind, list(case.streams.items())
+
+    def stories(self) -> Iterator[tuple[str, _Case]]:
+        """Endless (kind, case) pairs, with the services' own rows of each case."""
         while True:
             kind = self.rng.choices(self.kinds, self.weights)[0]
-            case = self.rma_replacement() if kind == "rma_replacement" else self.order(kind)
-            yield kind, list(case.streams.items())
+            yield kind, self.rma_replacement() if kind == "rma_replacement" else self.order(kind)
 
     # ------------------------------------------------------------------------------- stripe
     def _stripe(self, case: _Case, order_id: str, amount: int, at: datetime, *, refunded: bool = False,
@@ -371,26 +388,42 @@ class Seeder:
             case.take(shipment, "island:http", "service")
         rma.close("replacement_delivered", shipment.id, t + timedelta(hours=37))
         case.take(rma, "rma", "service")
+        # The rows rma and shipping keep of these streams: the RMA with all its events pending (its
+        # read model is written from the pending events), the shipment as it stands.
+        whole = Rma(rma_id)
+        for e in (case.streams[rma.stream_id]):
+            whole._record(registry.decode(e.event_type, e.schema_version, e.data))
+        case.service_rows += [ServiceRows("rma", whole, t + timedelta(hours=37)),
+                              ServiceRows("shipping", shipment, t + timedelta(hours=22, minutes=1))]
         return case
 
 
 def batches(seeder: Seeder, events: int, batch_events: int) -> Iterator[tuple[Streams, dict[str, int]]]:
     """Whole cases grouped into batches of about `batch_events` events, `events` in all (the last
     case may end a little past it). Yields (streams, cases per kind)."""
+    for streams, kinds, _ in batches_with_rows(seeder, events, batch_events):
+        yield streams, kinds
+
+
+def batches_with_rows(seeder: Seeder, events: int, batch_events: int,
+                      ) -> Iterator[tuple[Streams, dict[str, int], list[ServiceRows]]]:
+    """batches(), with the services' own read-model rows of each batch's cases."""
     produced = 0
     streams: Streams = []
     kinds: dict[str, int] = {}
+    rows: list[ServiceRows] = []
     in_batch = 0
-    for kind, case in seeder.cases():
+    for kind, case in seeder.stories():
         if produced >= events:
             break
-        size = sum(len(evs) for _, evs in case)
-        streams += case
+        size = sum(len(evs) for evs in case.streams.values())
+        streams += list(case.streams.items())
+        rows += case.service_rows
         kinds[kind] = kinds.get(kind, 0) + 1
         produced += size
         in_batch += size
         if in_batch >= batch_events:
-            yield streams, kinds
-            streams, kinds, in_batch = [], {}, 0
+            yield streams, kinds, rows
+            streams, kinds, rows, in_batch = [], {}, [], 0
     if streams:
-        yield streams, kinds
+        yield streams, kinds, rows

@@ -315,6 +315,40 @@ async def test_verify_finds_a_drifted_read_model_row(new_db: Callable[[], Awaita
         ("read_model_drift", stories[1].order_stream, "public.rm_orders")]
 
 
+async def test_a_seeded_store_verifies_clean_and_every_read_model_is_compared(
+        new_db: Callable[[], Awaitable[Db]]) -> None:
+    """`closeloop dev seed` writes what the services and the projector would; verify replays every
+    projected stream with the projector's folds and compares its tables and the services' own."""
+    db = await new_db()
+    seeded = await db.cli_json("dev", "seed", "--events", "1500", "--seed", "11", "--batch-events", "300")
+    assert seeded["events"] >= 1500 and seeded["service_tables"] == ["rma_cases", "shipping_shipments"]
+    doc = await db.cli_json("verify", "--grace", "0")
+    assert doc["ok"], doc["findings"][:5]
+    [models] = doc["checked"]["read_models"]
+    tables = models["tables"]
+    assert {"rm_orders", "rm_bills", "rm_order_history", "rm_transactions", "rm_upstream_facts", "rm_rmas",
+            "rm_shipments", "projection_streams", "rma_cases", "shipping_shipments"} <= set(tables)
+    assert all(t["live"] == t["replayed"] for name, t in tables.items() if name not in ("payments_refunds",
+                                                                                          "notifications"))
+    assert tables["rma_cases"]["live"] > 0 and tables["rm_transactions"]["live"] > 0
+
+    # A service's own table that no longer says what its stream says.
+    shipment = await db.store.pool.fetchval("SELECT shipment_id FROM shipping_shipments ORDER BY 1 LIMIT 1")
+    await _tamper(db, "UPDATE shipping_shipments SET status = 'returned_to_sender' WHERE shipment_id = $1", shipment)
+    # A projector row whose stream is gone from the live table.
+    rma = await db.store.pool.fetchval("SELECT rma_id FROM rm_rmas ORDER BY 1 LIMIT 1")
+    await _tamper(db, "DELETE FROM rm_rmas WHERE rma_id = $1", rma)
+    doc = await db.cli_json("verify", "--grace", "0", code=1)
+    found = {(f["kind"], f["stream_id"], f["source"]) for f in doc["findings"]}
+    assert found == {("read_model_drift", f"shipment-{shipment}", "public.shipping_shipments"),
+                     ("read_model_drift", f"rma-{rma}", "public.rm_rmas")}, doc["findings"]
+    [ship] = [f for f in doc["findings"] if f["source"] == "public.shipping_shipments"]
+    assert "status" in ship["detail"]
+    # Scoped to one stream, the rest is not looked at.
+    scoped = await db.cli_json("verify", "--grace", "0", "--stream-prefix", f"rma-{rma}", code=1)
+    assert {f["stream_id"] for f in scoped["findings"]} == {f"rma-{rma}"}
+
+
 # ------------------------------------------------------------------------------------ export
 
 
@@ -420,8 +454,10 @@ async def test_every_command_works_with_a_read_only_role(
     role = f"auditor_{uuid.uuid4().hex[:10]}"
     dbname = urlsplit(db.dsn).path.lstrip("/")
     async with db.store.pool.acquire() as conn:
-        # SELECT on the tables and nothing else (pg_read_all_data would do as well). TEMPORARY and
-        # EXECUTE (closeloop_event_hash) are PostgreSQL's defaults for PUBLIC.
+        # SELECT on the tables and nothing else (pg_read_all_data would do as well); not even the
+        # TEMPORARY privilege PostgreSQL gives PUBLIC by default. EXECUTE (closeloop_event_hash) is
+        # PUBLIC's default for functions.
+        await conn.execute(f"REVOKE TEMPORARY ON DATABASE {dbname} FROM PUBLIC")
         await conn.execute(f"CREATE ROLE {role} LOGIN")
         await conn.execute(f"GRANT CONNECT ON DATABASE {dbname} TO {role}")
         await conn.execute(f"GRANT USAGE ON SCHEMA public TO {role}")
@@ -435,6 +471,8 @@ async def test_every_command_works_with_a_read_only_role(
                                     "VALUES ('x', '1', 1)")
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
                 await probe.execute("CREATE SCHEMA auditor_was_here")
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await probe.execute("CREATE TEMP TABLE auditor_scratch (x int)")
         finally:
             await probe.close()
         story = stories[0]
@@ -458,7 +496,7 @@ async def test_every_command_works_with_a_read_only_role(
                           "(SELECT max(stream_version) FROM events WHERE stream_id = $1)", story.order_stream)
         doc = await db.cli_json("verify", dsn=ro, code=1)
         assert any(f["kind"] == "missing_tail" and f["stream_id"] == story.order_stream for f in doc["findings"])
-        # Nothing was left behind by the read-only runs (temporary tables only, rolled back).
+        # Nothing was left behind by the read-only runs.
         assert await db.store.pool.fetchval(
             "SELECT count(*) FROM pg_namespace WHERE nspowner = (SELECT oid FROM pg_roles WHERE rolname = $1)",
             role) == 0
