@@ -13,6 +13,10 @@ request to a route that is not open, before the route's own validation runs:
    404 exactly like reading nothing (its existence is not revealed); a command on it is a 403
    naming `X-Actor`; a list not filtered to themselves is a 403 naming the filter.
 
+Pages a browser reads (a rule with `browser=True`: the projector's console) also take the token
+from the `closeloop_session` cookie, which the console's sign-in form sets (HttpOnly, SameSite=Strict,
+reads only); a browser that sends neither is redirected to the sign-in form.
+
 Then the principal (actor, role, token id) is what `libs.http.context.Ctx` records in every event's
 metadata. The rules are also written into the OpenAPI (security scheme, roles of each operation).
 """
@@ -24,11 +28,12 @@ import logging
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from http.cookies import CookieError, SimpleCookie
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, quote
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.middleware import Middleware
 from starlette.routing import compile_path
@@ -47,6 +52,8 @@ ALWAYS_OPEN: dict[str, Entry] = {
     "GET /metrics": Open("Prometheus scraping"),
 }
 SCHEME = "bearerAuth"
+SESSION_COOKIE = "closeloop_session"
+LOGIN_PATH = "/console/login"
 
 
 def principal_of(scope: Scope) -> Principal | None:
@@ -87,8 +94,29 @@ def _not_found(thing: str, value: str) -> JSONResponse:
     return JSONResponse(error_body("not_found", f"{thing} {value} not found", id=value), status_code=404)
 
 
+def session_token(headers: dict[str, str]) -> str | None:
+    """The token in the console's session cookie, if the request carries one."""
+    try:
+        jar = SimpleCookie(headers.get("cookie", ""))
+    except CookieError:
+        return None
+    morsel = jar.get(SESSION_COOKIE)
+    return morsel.value if morsel is not None and morsel.value else None
+
+
 def _unavailable(why: str) -> JSONResponse:
     return JSONResponse(error_body("service_unavailable", why), status_code=503, headers={"Retry-After": "2"})
+
+
+def _to_login(scope: Scope, reason: str | None = None) -> RedirectResponse:
+    """A browser without a (valid) session goes to the sign-in form, which brings it back here."""
+
+    root = scope.get("root_path", "")
+    path = scope["path"][len(root):] if root and scope["path"].startswith(root) else scope["path"]
+    query = scope.get("query_string", b"").decode("latin-1")
+    back = path + (f"?{query}" if query else "")
+    url = f"{root}{LOGIN_PATH}?next={quote(back, safe='')}" + (f"&reason={reason}" if reason else "")
+    return RedirectResponse(url, status_code=303)
 
 
 class AccessGate:
@@ -126,18 +154,28 @@ class AccessGate:
             return
         await self.app(scope, receive, send)
 
-    async def _admit(self, scope: Scope, route: _Route, rule: Rule, path_params: dict[str, str]) -> JSONResponse | None:
+    async def _admit(self, scope: Scope, route: _Route, rule: Rule,
+                     path_params: dict[str, str]) -> JSONResponse | RedirectResponse | None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         tokens = self.tokens()
         if tokens is None:
             return _unavailable("access control is not configured in this process")
         authorization = headers.get("authorization", "")
         scheme, _, credentials = authorization.strip().partition(" ")
+        token = credentials.strip() if authorization else None
+        from_cookie = False
+        if not authorization and rule.browser:
+            token = session_token(headers)
+            from_cookie = token is not None
+            if token is None and "text/html" in headers.get("accept", ""):
+                return _to_login(scope)
         try:
             if authorization and scheme.lower() != "bearer":
                 raise TokenRefused("malformed", "the Authorization header must be 'Bearer <token>'")
-            principal = await tokens.authenticate(credentials.strip() if authorization else None)
+            principal = await tokens.authenticate(token)
         except TokenRefused as exc:
+            if from_cookie and "text/html" in headers.get("accept", ""):
+                return _to_login(scope, exc.reason)  # an expired or revoked session: sign in again
             return _unauthorized(exc)
         except Exception as exc:  # the database is down or restarting: refuse, never let it through
             log.exception("token lookup failed")

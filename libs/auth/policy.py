@@ -74,6 +74,9 @@ class Own:
 class Rule:
     roles: frozenset[str]
     own: Own | None = None
+    # A page a browser reads: the console's session cookie (libs/auth/http.py SESSION_COOKIE) is
+    # accepted in place of the Authorization header. Reads only, so a cross-site form cannot use it.
+    browser: bool = False
 
 
 @dataclass(frozen=True)
@@ -87,8 +90,9 @@ Entry = Rule | Open
 AccessTable = Mapping[str, Entry]
 
 
-def allow(*roles: str | Iterable[str], own: Own | None = None) -> Rule:
-    """A rule for the given roles (each a role or a group of roles)."""
+def allow(*roles: str | Iterable[str], own: Own | None = None, browser: bool = False) -> Rule:
+    """A rule for the given roles (each a role or a group of roles); `browser`: a page a browser
+    reads with the console's session cookie as well as with a bearer token."""
     flat: set[str] = set()
     for r in roles:
         flat |= {r} if isinstance(r, str) else set(r)
@@ -97,7 +101,7 @@ def allow(*roles: str | Iterable[str], own: Own | None = None) -> Rule:
         raise ValueError(f"unknown roles {sorted(unknown)}")
     if own is not None and not flat & PARTIES:
         raise ValueError("an ownership rule without a customer or merchant role limits nobody")
-    return Rule(frozenset(flat), own)
+    return Rule(frozenset(flat), own, browser)
 
 
 def check_table(table: AccessTable) -> None:
@@ -110,5 +114,8 @@ def check_table(table: AccessTable) -> None:
             continue
         if method not in READ_METHODS and Role.auditor in entry.roles:
             raise ValueError(f"access rule {key!r}: the auditor reads and never changes anything")
+        if entry.browser and method not in READ_METHODS:
+            raise ValueError(f"access rule {key!r}: a session cookie is accepted for reads only (a cross-site "
+                             "form could send it)")
         if entry.roles >= ALL_ROLES:
             raise ValueError(f"access rule {key!r}: refuses no role (name the roles that need it)")

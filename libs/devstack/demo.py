@@ -15,6 +15,8 @@ C. The Kolable war room (seed 000): Wade imports an export of six course orders 
    order's status with its reason and next step, and the reconciliation scorecard.
 D. The after-sales seed (001): the mouse replaced under warranty (libs/devstack/demo_mouse.py),
    with the link to its tracking page.
+E. The daily reconciliation run on demand over all of it (libs/devstack/demo_reconcile.py): how long
+   it took, what it replayed and found, with the links to its report and to the operations console.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from rich.table import Table
 
 from libs.devstack.client import PlatformClient
 from libs.devstack.demo_mouse import run_mouse_story
+from libs.devstack.demo_reconcile import run_reconciliation
 from libs.devstack.demo_tokens import demo_auth
 from libs.devstack.stripe import charge_succeeded, dispute_created, send_webhook
 from libs.domain.money import Money
@@ -75,6 +78,7 @@ async def run_demo(endpoints: dict[str, Any], secret_key: str) -> dict[str, Any]
         c = await _kolable_war_room(client, stripe, run, services["payments"])
         d = await run_mouse_story(endpoints, endpoints["carrier_webhook_secret"], auth) if "rma" in services \
             else None
+        e = await run_reconciliation(services["projector"], auth)
     finally:
         await client.aclose()
         await tokens.aclose()
@@ -84,12 +88,13 @@ async def run_demo(endpoints: dict[str, Any], secret_key: str) -> dict[str, Any]
     for row in (a, b):
         table.add_row(row["order_id"], row["story"], f"{row['status']} {row['status_label']}",
                       row["reasons"], row["money"], row["cancellation"])
-    tables = [table, c["table"], c["scorecard_table"]] + ([d["table"]] if d else [])
+    tables = [table, c["table"], c["scorecard_table"]] + ([d["table"]] if d else []) + [e["table"]]
     links = {**{r["order_id"]: f"{services['projector']}/orders/{r['order_id']}" for r in (a, b)},
              "kolable scorecard": f"{services['payments']}/kolable/reconciliation/scorecard"}
     if d:
         links["mouse tracking page"] = d["tracking_page"]
-    return {"orders": [a, b], "kolable": c, "mouse": d, "tables": tables, "links": links}
+    links["reconciliation report"] = e["report"]
+    return {"orders": [a, b], "kolable": c, "mouse": d, "reconciliation": e, "tables": tables, "links": links}
 
 
 def _fmt(m: dict[str, Any] | None) -> str:

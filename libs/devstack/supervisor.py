@@ -157,6 +157,10 @@ class Supervisor:
             "carrier_webhook_secret": DEV_CARRIER_SECRET,
             "tracking_page": next((f"{c.url}/track/{{tracking number or RMA id}}/page" for c in self.children
                                    if c.name == "shipping"), None),
+            # The operations console: sign in at console_login with a reconciler's, approver's, importer's,
+            # staff or auditor token (a session cookie then opens its pages).
+            "console": next((f"{c.url}/console" for c in self.children if c.name == "projector"), None),
+            "console_login": next((f"{c.url}/console/login" for c in self.children if c.name == "projector"), None),
             # One bearer token per role (Authorization: Bearer <token>), revoked at the next start.
             "tokens": self.tokens,
             "logs": str(STATE / "logs"),
@@ -205,6 +209,10 @@ def _summary(sup: Supervisor, demo_result: dict | None) -> None:
     table.add_row("kafka", sup.kafka.bootstrap)
     table.add_row("postgres", sup.pg.dsn)
     table.add_row("endpoints file", str(STATE / "dev.json"))
+    projector = next((c.url for c in sup.children if c.name == "projector"), None)
+    if projector:
+        table.add_row("operations console", f"{projector}/console   (sign in with the reconciler's or auditor's "
+                                             "token below)")
     console.print(table)
     tokens = Table(title="demo tokens, one per role (Authorization: Bearer <token>; also in dev.json)")
     for col in ("role", "actor", "token"):

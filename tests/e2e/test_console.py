@@ -69,12 +69,19 @@ async def test_the_console_shows_the_scorecard_the_api_returns_and_each_changes_
         assert r.status_code == 200, r.text
         card = (await http.get(f"{payments}/kolable/reconciliation/scorecard")).json()
 
-    # The console is for operations: the browser sends a reconciler's bearer token with every request.
+    # The console is for operations: a browser without a session is sent to the sign-in form, where a
+    # reconciler pastes their token; the session cookie then opens the console.
     token = await stack.tokens.token("huber", "reconciler")
-    page = await browser.new_page(extra_http_headers={"Authorization": f"Bearer {token}"})
+    page = await browser.new_page()
     external: list[str] = []
     page.on("request", lambda req: external.append(req.url) if not req.url.startswith(projector) else None)
-    response = await page.goto(f"{projector}/console")
+    await page.goto(f"{projector}/console")
+    assert "/console/login" in page.url
+    await page.fill("input[name=token]", token)
+    async with page.expect_navigation():
+        await page.click("#login button[type=submit]")
+    assert page.url.rstrip("/").endswith("/console"), page.url
+    response = await page.reload()
     assert response is not None and response.status == 200
     shot = tmp_path / "console.png"
     await page.screenshot(path=str(shot), full_page=True)
@@ -92,7 +99,7 @@ async def test_the_console_shows_the_scorecard_the_api_returns_and_each_changes_
         assert await kpi(line["status"]) == str(line["count"]), line["status"]
     assert await kpi("needing_action") == str(len(card["needing_action"]))
     twd = card["cash_gap"]["TWD"]["amount"]
-    assert await kpi("cash_gap") == f"TWD {twd / 100:,.2f}"
+    assert await kpi("cash_gap") == f"TWD {twd // 100:,}.{twd % 100:02d}"
     # Our orders in the queues they belong to.
     assert f"C{run}-2" in await page.inner_text("[data-queue='refunded_no_rebuy']")
     assert f"C{run}-3" in await page.inner_text("[data-queue='dispute_pending']")
@@ -105,3 +112,41 @@ async def test_the_console_shows_the_scorecard_the_api_returns_and_each_changes_
     assert "wade" in actors
     assert "KolableOrderImported" in await page.inner_text("#history")
     await page.screenshot(path=str(tmp_path / "history.png"), full_page=True)
+
+
+async def test_the_console_sign_in_refuses_a_bad_or_wrong_role_token_and_the_cookie_opens_no_command(
+        stack: Any, browser: Any) -> None:
+    projector = stack.url("projector")
+    page = await browser.new_page()
+    await page.goto(f"{projector}/console/login")
+    await page.fill("input[name=token]", "clt_" + "x" * 43)
+    await page.click("#login button[type=submit]")
+    assert "unknown bearer token" in await page.inner_text("#login-error")
+    customer = await stack.tokens.token(f"cust-{uuid.uuid4().hex[:6]}", "customer")
+    await page.fill("input[name=token]", customer)
+    await page.click("#login button[type=submit]")
+    assert "this token's role is 'customer'" in await page.inner_text("#login-error")
+    assert [c for c in await page.context.cookies() if c["name"] == "closeloop_session"] == []
+
+    # A signed-in auditor: the cookie reads the console's pages, is HttpOnly and strict, and is no key
+    # to the API's commands (those still need the Authorization header).
+    auditor = await stack.tokens.token("olga", "auditor")
+    await page.fill("input[name=token]", auditor)
+    async with page.expect_navigation():
+        await page.click("#login button[type=submit]")
+    [cookie] = [c for c in await page.context.cookies() if c["name"] == "closeloop_session"]
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    async with httpx.AsyncClient(timeout=20, cookies={"closeloop_session": auditor}) as http:
+        assert (await http.get(f"{projector}/console/data")).status_code == 200
+        r = await http.post(f"{projector}/reconciliations", json={})
+        assert r.status_code == 401, r.text
+    async with httpx.AsyncClient(timeout=20) as http:
+        r = await http.get(f"{projector}/console/data")
+        assert r.status_code == 401 and "no bearer token" in r.json()["error"]["message"], r.text
+        r = await http.get(f"{projector}/console", headers={"Accept": "text/html"})
+        assert r.status_code == 303 and r.headers["location"].startswith("/console/login?next=%2Fconsole")
+    # Signing out forgets the session: the console asks to sign in again.
+    async with page.expect_navigation():
+        await page.click("text=登出 sign out")
+    await page.goto(f"{projector}/console")
+    assert "/console/login" in page.url

@@ -80,6 +80,21 @@ def test_make_run_starts_the_stack_runs_the_demo_and_ctrl_c_leaves_no_process(tm
         assert httpx.get(page, timeout=5).status_code == 401
         r = httpx.get(page, timeout=5, headers={"Authorization": f"Bearer {dev['tokens']['auditor']['token']}"})
         assert r.status_code == 200 and "Delivered" in r.text
+        # The operations console, printed with its URL: a browser is sent to sign in, a token opens it.
+        console_url = next(line.split("│")[2].split()[0] for line in out.splitlines() if "operations console" in line)
+        assert console_url == dev["console"]
+        r = httpx.get(console_url, timeout=5, headers={"Accept": "text/html"})
+        assert r.status_code == 303 and r.headers["location"].startswith("/console/login")
+        reconciler = dev["tokens"]["reconciler"]["token"]
+        r = httpx.get(console_url, timeout=5, headers={"Authorization": f"Bearer {reconciler}"})
+        assert r.status_code == 200 and "data-kpi=\"orders\"" in r.text
+        # Demo E: a reconciliation of the whole demo store, clean, with its time and report.
+        assert "demo E" in out
+        report = next(line.split(": ", 1)[1].strip() for line in out.splitlines() if "reconciliation report:" in line)
+        run = httpx.get(report.removesuffix(".html"), timeout=5,
+                        headers={"Authorization": f"Bearer {dev['tokens']['auditor']['token']}"}).json()
+        assert run["status"] == "completed" and run["summary"]["totals"]["discrepancies"] == 0, run["summary"]
+        assert f"{run['summary']['duration_seconds']:.2f} s" in out
         for name, url in dev["services"].items():
             assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200, name
             assert httpx.get(f"{url}/readyz", timeout=5).status_code == 200, name

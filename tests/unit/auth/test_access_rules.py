@@ -20,6 +20,9 @@ from libs.auth.roles import ALL_ROLES, PARTIES, Role
 SERVICES = ("orders", "projector", "payments", "rma", "shipping", "notifications")
 # Guarded by their own signatures instead of a token (their tests: test_upstream_ingestion, test_shipping).
 SIGNED = {("payments", "POST /webhooks/stripe"), ("shipping", "POST /carriers/{carrier}/events")}
+# The console's sign-in: the form, and the check of the token it is given (test_console.py).
+SIGN_IN = {("projector", "GET /console/login"), ("projector", "POST /console/login"),
+           ("projector", "POST /console/logout")}
 # Reference data every customer may read by id (not anyone's own).
 REFERENCE = {("rma", "GET /catalogue/{sku}")}
 
@@ -42,7 +45,7 @@ CASES = [(s, key) for s in SERVICES for key in routes(app_of(s))]
 def test_every_route_has_a_rule_that_refuses_someone_and_keeps_the_auditor_read_only(service: str, key: str) -> None:
     entry = app_of(service).state.access_table[key]
     if isinstance(entry, Open):
-        assert key in ALWAYS_OPEN or (service, key) in SIGNED, f"{service} {key} is open: is that intended?"
+        assert key in ALWAYS_OPEN or (service, key) in SIGNED | SIGN_IN, f"{service} {key} is open: is that intended?"
         return
     method = key.split(" ", 1)[0]
     assert ALL_ROLES - entry.roles, f"{service} {key} refuses no role"
@@ -102,3 +105,10 @@ def test_the_openapi_shows_the_bearer_scheme_and_the_roles_of_every_guarded_oper
             # X-Actor / X-Role are no longer parameters: the token says who acts.
             assert not {p["name"] for p in op.get("parameters", [])} & {"x-actor", "x-role", "X-Actor", "X-Role"}
     assert app.openapi() is doc  # documented once, then cached
+
+
+def test_a_session_cookie_rule_on_a_command_is_refused() -> None:
+    """The console's cookie opens pages only: a cross-site form could post a command with it."""
+    check_table({"GET /console": allow(Role.auditor, browser=True)})
+    with pytest.raises(ValueError, match="reads only"):
+        check_table({"POST /reconciliations": allow(Role.reconciler, browser=True)})
