@@ -133,11 +133,13 @@ async def consume_batch(consumer: EnvelopeBatchConsumer, msg: Any) -> None:
 
 
 async def refresh_consumer_lag(name: str, broker: Any) -> None:
-    """Set the lag gauge of each partition the broker's subscribers own (highwater - position)."""
+    """Set the lag gauge of each partition the broker's subscribers own (highwater - position),
+    labelled with the consumer's name and its Kafka consumer group."""
     for subscriber in getattr(broker, "subscribers", []):
         consumer = getattr(subscriber, "consumer", None)
         if consumer is None:
             continue
+        group = str(getattr(consumer, "_group_id", None) or name)  # aiokafka keeps the group id here
         for tp in consumer.assignment():
             high = consumer.highwater(tp)
             if high is None:
@@ -146,4 +148,4 @@ async def refresh_consumer_lag(name: str, broker: Any) -> None:
                 position = await asyncio.wait_for(consumer.position(tp), 1)
             except Exception:
                 continue
-            CONSUMER_LAG.labels(name, tp.topic, str(tp.partition)).set(max(high - position, 0))
+            CONSUMER_LAG.labels(name, group, tp.topic, str(tp.partition)).set(max(high - position, 0))

@@ -46,7 +46,14 @@ async def test_metrics_count_appends_publishes_and_consumed_events(stack: Any, c
     assert (metric(after["projector"], "closeloop_consumer_events_total", outcome="applied")
             > metric(before["projector"], "closeloop_consumer_events_total", outcome="applied"))
     assert "closeloop_relay_lag_events" in after["relay"]
-    assert "closeloop_consumer_lag_messages" in after["projector"]
+    # Every consuming service reports its lag per consumer group, topic and partition it owns.
+    groups = {"orders": "orders", "projector": "projector", "payments": "payments", "rma": "rma",
+              "shipping": "shipping", "notifications": "notifications"}
+    for name, group in groups.items():
+        text = after.get(name) or await scrape(name)
+        lines = [line for line in text.splitlines() if line.startswith("closeloop_consumer_lag_messages{")]
+        assert any(f'group="{stack.prefix}{group}"' in line for line in lines), (name, lines[:3])
+        assert "closeloop_http_request_seconds" in text and "closeloop_handler_errors_total" in text, name
 
 
 async def test_log_lines_are_json_with_the_correlation_id(stack: Any, client: PlatformClient) -> None:
