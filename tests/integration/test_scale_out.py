@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from tests.e2e.conftest import start_child
 from tests.integration.helpers import KINDS, Story, append_story, order_story
 from tests.support.auth import TEST_SECRET_KEY
 from tests.support.databases import fresh_database
+from tests.support.wait import until
 
 pytestmark = pytest.mark.integration
 
@@ -113,15 +114,12 @@ async def group_members(bootstrap: str, group: str) -> list[str]:
         await admin.close()
 
 
-async def poll(what: str, check: Callable[[], Any], timeout: float, cluster: Cluster) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{what}: not within {timeout:.0f} s (last: {last!r})\n{cluster.tail()}")
+async def poll(what: str, check: Callable[[], Awaitable[Any]], timeout: float, cluster: Cluster) -> Any:
+    """tests/support/wait.until, with the processes' log tails when it gives up."""
+    try:
+        return await until(what, check, timeout)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{cluster.tail()}") from None
 
 
 async def lagging_streams(store: EventStore) -> int:

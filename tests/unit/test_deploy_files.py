@@ -281,9 +281,14 @@ def test_every_compose_variable_has_a_default_or_is_documented() -> None:
 
 def _setting_env_names() -> set[str]:
     """Every environment variable ServiceSettings reads."""
-    prefix = ServiceSettings.model_config.get("env_prefix", "")
+    return _env_names(ServiceSettings)
+
+
+def _env_names(cls: type[ServiceSettings]) -> set[str]:
+    """Every environment variable a settings class reads."""
+    prefix = cls.model_config.get("env_prefix", "")
     names = set()
-    for field_name, field in ServiceSettings.model_fields.items():
+    for field_name, field in cls.model_fields.items():
         alias = field.validation_alias
         if isinstance(alias, AliasChoices):
             names |= {choice for choice in alias.choices if isinstance(choice, str)}
@@ -641,21 +646,6 @@ def _settings_class(service: str) -> type[ServiceSettings]:
     [cls] = [v for v in vars(module).values() if isinstance(v, type) and issubclass(v, ServiceSettings)
              and v.__module__ == module.__name__]
     return cls
-
-
-def _env_names(cls: type[ServiceSettings]) -> set[str]:
-    """Every environment variable a settings class reads."""
-    prefix = cls.model_config.get("env_prefix", "")
-    names = set()
-    for field_name, field in cls.model_fields.items():
-        alias = field.validation_alias
-        if isinstance(alias, AliasChoices):
-            names |= {choice for choice in alias.choices if isinstance(choice, str)}
-        elif isinstance(alias, str):
-            names.add(alias)
-        else:
-            names.add(f"{prefix}{field_name}".upper())
-    return names
 
 
 @functools.cache
