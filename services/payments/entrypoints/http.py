@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from libs.auth.http import install_auth
 from libs.http.errors import error_body, install_error_handlers
 from libs.http.health import install_health
+from libs.messaging.consumer import refresh_consumer_lag
 from libs.observability import install_metrics
 from services.payments.domain.signature import HEADER, SignatureError, verify
 from services.payments.domain.upstream import MalformedEvent
@@ -37,7 +38,12 @@ def create_app(payments: Any | None) -> FastAPI:
                               "wallets, settlement, cancellation money, disputes, refund/re-buy reconciliation.")
     app.state.payments = payments
     install_error_handlers(app)
-    install_metrics(app)
+
+    async def on_scrape() -> None:
+        if payments is not None:  # consumer lag and owned partitions, for autoscaling on lag
+            await refresh_consumer_lag(payments.consumer.name, payments.broker)
+
+    install_metrics(app, on_scrape)
 
     async def ready_details() -> dict[str, Any]:
         return {"upstream": app.state.payments.stats}

@@ -18,6 +18,7 @@ from libs.auth.http import install_auth
 from libs.http.context import Ctx
 from libs.http.errors import error_body, install_error_handlers
 from libs.http.health import install_health
+from libs.messaging.consumer import refresh_consumer_lag
 from libs.observability import install_metrics
 from services.shipping.application.queries import track as track_query
 from services.shipping.domain.duplicates import DuplicateStatus
@@ -280,7 +281,12 @@ def create_app(shipping: Any | None) -> FastAPI:
                               "tracking in two formats, carrier manifests and duplicate shipments (seed 001).")
     app.state.shipping = shipping
     install_error_handlers(app)
-    install_metrics(app)
+
+    async def on_scrape() -> None:
+        if shipping is not None:  # consumer lag and owned partitions, for autoscaling on lag
+            await refresh_consumer_lag(shipping.consumer.name, shipping.broker)
+
+    install_metrics(app, on_scrape)
 
     async def ready_details() -> dict[str, Any]:
         c = app.state.shipping
