@@ -31,6 +31,8 @@ CONSUMER_BATCH_SECONDS = Histogram("closeloop_consumer_batch_seconds", "Time to 
                                    ["consumer"], buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5))
 CONSUMER_LAG = Gauge("closeloop_consumer_lag_messages", "Messages behind the partition end (at the last scrape), "
                      "per consumer group and partition this process owns", ["consumer", "group", "topic", "partition"])
+CONSUMER_PARTITIONS = Gauge("closeloop_consumer_assigned_partitions",
+                            "Partitions the consumer group assigned to this replica (at the last scrape)", ["consumer"])
 HANDLER_ERRORS = Counter("closeloop_handler_errors_total", "Failures while handling a message or command",
                          ["component", "error"])
 HTTP_SECONDS = Histogram("closeloop_http_request_seconds", "HTTP request latency", ["method", "route", "status"],

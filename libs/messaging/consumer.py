@@ -21,7 +21,13 @@ import asyncpg
 from libs.eventstore import WrongExpectedVersion
 from libs.messaging import envelope as env
 from libs.messaging.inbox import claim, save_offsets
-from libs.observability import CONSUMER_BATCH_SECONDS, CONSUMER_EVENTS, CONSUMER_LAG, HANDLER_ERRORS
+from libs.observability import (
+    CONSUMER_BATCH_SECONDS,
+    CONSUMER_EVENTS,
+    CONSUMER_LAG,
+    CONSUMER_PARTITIONS,
+    HANDLER_ERRORS,
+)
 
 log = logging.getLogger("closeloop.consumer")
 
@@ -132,15 +138,28 @@ async def consume_batch(consumer: EnvelopeBatchConsumer, msg: Any) -> None:
     await asyncio.wait_for(msg.ack(), 30)
 
 
+def _group_consumers(broker: Any) -> list[Any]:
+    """The aiokafka consumers of a FastStream broker's subscribers (those started)."""
+    return [c for c in (getattr(s, "consumer", None) for s in getattr(broker, "subscribers", [])) if c is not None]
+
+
+def assigned_partitions(broker: Any) -> list[str]:
+    """The partitions the broker's group subscribers own right now, as sorted "topic/partition".
+
+    This is what a consumer group gave this replica: with several replicas each owns a share, and
+    when one dies the group hands its share to the others (what /readyz reports, so that a takeover
+    can be watched from outside)."""
+    return sorted(f"{tp.topic}/{tp.partition}" for c in _group_consumers(broker) for tp in c.assignment())
+
+
 async def refresh_consumer_lag(name: str, broker: Any) -> None:
     """Set the lag gauge of each partition the broker's subscribers own (highwater - position),
-    labelled with the consumer's name and its Kafka consumer group."""
-    for subscriber in getattr(broker, "subscribers", []):
-        consumer = getattr(subscriber, "consumer", None)
-        if consumer is None:
-            continue
+    labelled with the consumer's name and its Kafka consumer group, and the number of partitions owned."""
+    owned = 0
+    for consumer in _group_consumers(broker):
         group = str(getattr(consumer, "_group_id", None) or name)  # aiokafka keeps the group id here
         for tp in consumer.assignment():
+            owned += 1
             high = consumer.highwater(tp)
             if high is None:
                 continue
@@ -149,3 +168,4 @@ async def refresh_consumer_lag(name: str, broker: Any) -> None:
             except Exception:
                 continue
             CONSUMER_LAG.labels(name, group, tp.topic, str(tp.partition)).set(max(high - position, 0))
+    CONSUMER_PARTITIONS.labels(name).set(owned)

@@ -6,11 +6,18 @@ healthy, a build that points nowhere, two services on one host port, a process t
 not listen where its port is published, a variable nobody reads, a container running as
 root, or `python -m services.<name>` for a package that does not exist. When the docker
 CLI has a working `compose` subcommand, `docker compose config -q` checks the file too.
+
+deploy/k8s (the Kubernetes manifests) is checked the same way, offline: every document parsed, the
+kustomization complete, the Deployments' images, ports, probes and resources, the settings the
+services read (each service's settings class is built from the ConfigMap and Secret, in production),
+and the topics and consumer groups against the ones the code declares.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
+import inspect
 import io
 import json
 import re
@@ -274,9 +281,14 @@ def test_every_compose_variable_has_a_default_or_is_documented() -> None:
 
 def _setting_env_names() -> set[str]:
     """Every environment variable ServiceSettings reads."""
-    prefix = ServiceSettings.model_config.get("env_prefix", "")
+    return _env_names(ServiceSettings)
+
+
+def _env_names(cls: type[ServiceSettings]) -> set[str]:
+    """Every environment variable a settings class reads."""
+    prefix = cls.model_config.get("env_prefix", "")
     names = set()
-    for field_name, field in ServiceSettings.model_fields.items():
+    for field_name, field in cls.model_fields.items():
         alias = field.validation_alias
         if isinstance(alias, AliasChoices):
             names |= {choice for choice in alias.choices if isinstance(choice, str)}
@@ -570,3 +582,272 @@ def test_every_started_module_is_a_package_under_services() -> None:
             f"services/{module}/ {reason}"
         )
     assert not problems, "modules the containers start are missing:\n" + "\n".join(problems)
+
+
+# --- deploy/k8s: Kubernetes manifests (kustomize) ----------------------------------------
+
+K8S = DEPLOY / "k8s"
+KUSTOMIZATION = K8S / "kustomization.yaml"
+# Every container listens here (CLOSELOOP_HTTP_PORT in the ConfigMap, EXPOSE in the image).
+CONTAINER_PORT = 8000
+# The keys of the Secret CloudNativePG writes for a Cluster's application user (<cluster>-app).
+CNPG_APP_SECRET_KEYS = {"username", "user", "password", "host", "port", "dbname", "uri", "jdbc-uri", "pgpass",
+                        "fqdn-uri", "fqdn-jdbc-uri"}
+
+
+@functools.cache
+def _kustomization() -> dict:
+    return yaml.safe_load(KUSTOMIZATION.read_text())
+
+
+@functools.cache
+def _manifests() -> tuple[tuple[str, dict], ...]:
+    """(file relative to deploy/k8s, document) of every YAML document the kustomization applies."""
+    out = []
+    for path in sorted(K8S.rglob("*.yaml")):
+        if path == KUSTOMIZATION:
+            continue
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc is not None:
+                out.append((path.relative_to(K8S).as_posix(), doc))
+    return tuple(out)
+
+
+def _of_kind(kind: str) -> dict[str, dict]:
+    return {doc["metadata"]["name"]: doc for _, doc in _manifests() if doc.get("kind") == kind}
+
+
+def _one(kind: str) -> dict:
+    [doc] = _of_kind(kind).values()
+    return doc
+
+
+def _config() -> dict[str, str]:
+    data = _one("ConfigMap")["data"]
+    assert all(isinstance(v, str) for v in data.values()), f"ConfigMap values must be strings: {data}"
+    return data
+
+
+def _secret_keys() -> set[str]:
+    """The keys of closeloop-secrets, from secrets.env.example (secrets.env itself is never committed)."""
+    example = K8S / "secrets.env.example"
+    keys = set()
+    for line in example.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, sep, value = line.partition("=")
+            assert sep and not value, f"secrets.env.example must leave every value empty: {line!r}"
+            keys.add(key)
+    return keys
+
+
+def _settings_class(service: str) -> type[ServiceSettings]:
+    module = importlib.import_module(f"services.{service}.bootstrap")
+    [cls] = [v for v in vars(module).values() if isinstance(v, type) and issubclass(v, ServiceSettings)
+             and v.__module__ == module.__name__]
+    return cls
+
+
+@functools.cache
+def _consumed() -> dict[str, tuple[str, frozenset[str]]]:
+    """service -> (consumer group, topics), from the brokers the services' own bootstraps build (the
+    subscribers are only declared: nothing connects), with the ConfigMap's instance prefix."""
+    out = {}
+    for service in EXPECTED_SERVICES:
+        module = importlib.import_module(f"services.{service}.bootstrap")
+        build = getattr(module, "build_broker", None)
+        if build is None:
+            continue
+        params = list(inspect.signature(build).parameters.values())[1:]
+        args = [None for p in params if p.default is inspect.Parameter.empty]  # handlers are only captured
+        kwargs = {"topics": module.CONSUMED_TOPICS} if any(p.name == "topics" for p in params) else {}
+        settings = _settings_class(service)(instance_prefix=_config()["CLOSELOOP_INSTANCE_PREFIX"])
+        groups: dict[str, set[str]] = {}
+        for subscriber in build(settings, *args, **kwargs).subscribers:
+            groups.setdefault(subscriber.group_id, set()).update(subscriber.topic_names)
+        [(group, topics)] = groups.items()  # one consumer group per service
+        out[service] = (group, frozenset(topics))
+    return out
+
+
+def test_every_manifest_parses_and_names_its_api_kind_and_name() -> None:
+    assert _manifests(), "deploy/k8s holds no manifests"
+    for path, doc in _manifests():
+        assert isinstance(doc, dict), f"{path}: a document that is not a mapping"
+        for key in ("apiVersion", "kind"):
+            assert doc.get(key), f"{path}: a document without {key}"
+        assert (doc.get("metadata") or {}).get("name"), f"{path}: {doc['kind']} without metadata.name"
+        assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", doc["metadata"]["name"]), (
+            f"{path}: {doc['metadata']['name']!r} is not a DNS-1123 name")
+    kinds = [(doc["kind"], doc["metadata"]["name"]) for _, doc in _manifests()]
+    assert len(kinds) == len(set(kinds)), f"a kind and name defined twice: {kinds}"
+
+
+def test_the_kustomization_lists_every_manifest_and_every_file_it_names_exists() -> None:
+    k = _kustomization()
+    assert k["apiVersion"].startswith("kustomize.config.k8s.io/") and k["kind"] == "Kustomization"
+    listed = k["resources"]
+    assert len(listed) == len(set(listed)), f"resources listed twice: {listed}"
+    files = {path for path, _ in _manifests()}
+    assert set(listed) == files, (f"not in kustomization.yaml: {sorted(files - set(listed))}; "
+                                  f"listed but missing: {sorted(set(listed) - files)}")
+    for generator in k.get("secretGenerator", []) + k.get("configMapGenerator", []):
+        for env_file in generator.get("envs", []):
+            # A secrets file is written by whoever deploys, from the committed example, and never committed.
+            assert (K8S / env_file).exists() or (K8S / f"{env_file}.example").exists(), env_file
+            assert f"deploy/k8s/{env_file}" in (ROOT / ".gitignore").read_text().split(), (
+                f"{env_file} holds secrets: .gitignore must keep it out of git")
+    [secret] = k["secretGenerator"]
+    assert secret["name"] == "closeloop-secrets"
+
+
+def test_every_service_has_a_deployment_with_image_port_probes_and_resources() -> None:
+    deployments, services = _of_kind("Deployment"), _of_kind("Service")
+    assert set(deployments) == set(EXPECTED_SERVICES), f"Deployments {sorted(deployments)}"
+    compose_ports = {name: [h for h, _, _ in _published_ports(svc)] for name, svc in _built_services().items()}
+    images = {i["name"] for i in _kustomization()["images"]}
+    for name, deployment in deployments.items():
+        spec = deployment["spec"]
+        pod = spec["template"]
+        assert spec["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items(), (
+            f"{name}: the selector does not select the Deployment's own pods")
+        [container] = pod["spec"]["containers"]
+        assert container["image"] == f"closeloop-{name}" and container["image"] in images, (
+            f"{name}: image {container['image']!r} (built from deploy/{name}/Dockerfile, retagged in images:)")
+        assert (DEPLOY / name / "Dockerfile").is_file()
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports == {"http": CONTAINER_PORT}, f"{name}: ports {ports}"
+        probes = {kind: container.get(f"{kind}Probe", {}).get("httpGet", {}) for kind in ("liveness", "readiness")}
+        assert probes["liveness"].get("path") == "/healthz", f"{name}: liveness probe {probes['liveness']}"
+        assert probes["readiness"].get("path") == "/readyz", f"{name}: readiness probe {probes['readiness']}"
+        for probe in probes.values():
+            assert probe.get("port") in ("http", CONTAINER_PORT), f"{name}: a probe on port {probe.get('port')}"
+        for kind in ("requests", "limits"):
+            assert {"cpu", "memory"} <= set(container["resources"].get(kind, {})), f"{name}: resources.{kind}"
+        assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+        service = services[name]
+        assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items(), (
+            f"{name}: the Service selects no pod of the Deployment")
+        [port] = service["spec"]["ports"]
+        assert port["targetPort"] in ("http", CONTAINER_PORT)
+        assert port["port"] in (compose_ports.get(name) or [CONTAINER_PORT]), (
+            f"{name}: Service port {port['port']}, docker-compose.yml publishes {compose_ports.get(name)}")
+    assert _config()["CLOSELOOP_HTTP_PORT"] == str(CONTAINER_PORT) and _config()["CLOSELOOP_HTTP_HOST"] == "0.0.0.0"
+
+
+def _deployment_env(name: str, secret_values: dict[str, str]) -> dict[str, str]:
+    """The environment the Deployment gives its container: the ConfigMap, then each env entry (secret
+    references resolved from `secret_values`, the CloudNativePG URI made up)."""
+    [container] = _of_kind("Deployment")[name]["spec"]["template"]["spec"]["containers"]
+    env: dict[str, str] = {}
+    cluster = _one("Cluster")["metadata"]["name"]
+    for source in container.get("envFrom", []):
+        assert source.get("configMapRef", {}).get("name") == _one("ConfigMap")["metadata"]["name"], (
+            f"{name}: envFrom {source}")
+        env.update(_config())
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = str(item["value"])
+            continue
+        ref = item["valueFrom"]["secretKeyRef"]
+        if ref["name"] == f"{cluster}-app":
+            assert ref["key"] in CNPG_APP_SECRET_KEYS, f"{name}: {ref['key']} is not a key CloudNativePG writes"
+            assert ref["key"] == "uri", f"{name}: {item['name']} must be the connection URI"
+            env[item["name"]] = f"postgresql://closeloop:pw@{cluster}-rw:5432/closeloop"
+        else:
+            assert ref["name"] == "closeloop-secrets" and ref["key"] in _secret_keys(), (
+                f"{name}: {item['name']} refers to {ref}, which no manifest defines")
+            env[item["name"]] = secret_values.get(ref["key"], "")
+    return env
+
+
+def test_every_setting_in_the_config_and_secret_is_read_and_production_gets_all_it_needs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    read = {service: _env_names(_settings_class(service)) for service in EXPECTED_SERVICES}
+    unread = sorted((set(_config()) | _secret_keys()) - set().union(*read.values()))
+    assert not unread, f"ConfigMap/Secret keys no process reads (a typo?): {unread}"
+    secrets = {key: f"{key.lower()}-{'x' * 24}" for key in _secret_keys()}
+    for service in EXPECTED_SERVICES:
+        cls = _settings_class(service)
+        for variable in read[service]:
+            monkeypatch.delenv(variable, raising=False)
+        env = _deployment_env(service, secrets)
+        assert env["CLOSELOOP_ENVIRONMENT"] == "production"
+        assert {"DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "CLOSELOOP_SECRET_KEY"} <= set(env), service
+        with monkeypatch.context() as m:
+            for variable, value in env.items():
+                m.setenv(variable, value)
+            settings = cls()  # raises if production lacks a secret or a value is invalid
+            assert settings.kafka_heartbeat_interval_ms * 3 <= settings.kafka_session_timeout_ms
+            # the secrets as the Secret holds them before anyone fills it in: refused at start-up
+            for key in _secret_keys() & set(env):
+                m.setenv(key, "")
+            with pytest.raises(ValidationError):
+                cls()
+
+
+def test_kafka_topics_are_the_codes_topics_with_the_configured_partitions_and_replicas() -> None:
+    from services.registry import TOPICS
+
+    kafka, config = _one("Kafka"), _config()
+    name = kafka["metadata"]["name"]
+    assert kafka["apiVersion"] == "kafka.strimzi.io/v1beta2"
+    assert kafka["metadata"]["annotations"]["strimzi.io/node-pools"] == "enabled"
+    assert kafka["metadata"]["annotations"]["strimzi.io/kraft"] == "enabled"
+    kconfig = kafka["spec"]["kafka"]["config"]
+    assert kconfig["auto.create.topics.enable"] is False
+    partitions = int(config["CLOSELOOP_KAFKA_TOPIC_PARTITIONS"])
+    replicas = int(config["CLOSELOOP_KAFKA_REPLICATION_FACTOR"])
+    pools = _of_kind("KafkaNodePool").values()
+    assert all(p["metadata"]["labels"]["strimzi.io/cluster"] == name for p in pools)
+    brokers = sum(p["spec"]["replicas"] for p in pools if "broker" in p["spec"]["roles"])
+    assert sum(p["spec"]["replicas"] for p in pools if "controller" in p["spec"]["roles"]) % 2 == 1, "a quorum"
+    assert brokers >= replicas, "more replicas of a topic than brokers"
+    # acks=all waits for min.insync.replicas: fewer than the replicas, so that one broker may be down
+    assert 1 <= kconfig["min.insync.replicas"] < replicas
+    topics = {t["spec"]["topicName"]: t for t in _of_kind("KafkaTopic").values()}
+    assert set(topics) == set(TOPICS), f"KafkaTopics {sorted(topics)}, the code's topics {sorted(TOPICS)}"
+    for topic, t in topics.items():
+        assert t["metadata"]["labels"]["strimzi.io/cluster"] == name, topic
+        assert (t["spec"]["partitions"], t["spec"]["replicas"]) == (partitions, replicas), (
+            f"{topic}: partitions/replicas {t['spec']['partitions']}/{t['spec']['replicas']}, the ConfigMap says "
+            f"{partitions}/{replicas} (a missing topic is created with those)")
+    [listener] = [x for x in kafka["spec"]["kafka"]["listeners"] if not x.get("tls")]
+    assert config["KAFKA_BOOTSTRAP_SERVERS"] == f"{name}-kafka-bootstrap:{listener['port']}"
+
+
+def test_the_database_is_a_cloudnativepg_cluster_whose_app_secret_every_service_uses() -> None:
+    cluster = _one("Cluster")
+    assert cluster["apiVersion"] == "postgresql.cnpg.io/v1"
+    assert cluster["spec"]["instances"] >= 2, "a standby for failover"
+    assert re.search(r"postgresql:18\b", cluster["spec"]["imageName"]), "PostgreSQL 18, as in docker-compose.yml"
+    assert cluster["spec"]["bootstrap"]["initdb"]["database"]
+    for name in EXPECTED_SERVICES:
+        assert _deployment_env(name, {})["DATABASE_URL"].startswith("postgresql://"), name
+    pods = sum(so["spec"]["maxReplicaCount"] for so in _of_kind("ScaledObject").values()) \
+        + _of_kind("Deployment")["relay"]["spec"]["replicas"]
+    pool = int(_config()["CLOSELOOP_DB_POOL_MAX"])
+    assert pods * pool < int(cluster["spec"]["postgresql"]["parameters"]["max_connections"]), (
+        "at the autoscalers' maximum the pools would exceed max_connections")
+
+
+def test_scaled_objects_watch_the_consumer_groups_and_topics_the_code_uses() -> None:
+    scaled, deployments = _of_kind("ScaledObject"), _of_kind("Deployment")
+    partitions = int(_config()["CLOSELOOP_KAFKA_TOPIC_PARTITIONS"])
+    assert set(scaled) == set(_consumed()), f"ScaledObjects {sorted(scaled)}, consumers {sorted(_consumed())}"
+    for name, so in scaled.items():
+        assert so["apiVersion"] == "keda.sh/v1alpha1"
+        assert so["spec"]["scaleTargetRef"]["name"] == name and name in deployments
+        assert "replicas" not in deployments[name]["spec"], f"{name}: KEDA owns the replica count"
+        assert 1 <= so["spec"]["minReplicaCount"] <= so["spec"]["maxReplicaCount"] <= partitions, (
+            f"{name}: more replicas than partitions would sit idle")
+        group, topics = _consumed()[name]
+        kafka = [t["metadata"] for t in so["spec"]["triggers"] if t["type"] == "kafka"]
+        assert {m["consumerGroup"] for m in kafka} == {group}, f"{name}: the code's group is {group!r}"
+        assert {m["topic"] for m in kafka} == topics, f"{name}: the code consumes {sorted(topics)}"
+        for m in kafka:
+            assert m["bootstrapServers"] == _config()["KAFKA_BOOTSTRAP_SERVERS"]
+            assert int(m["lagThreshold"]) > 0
+    relay = deployments["relay"]
+    assert "relay" not in scaled and relay["spec"]["replicas"] == 2, "one active relay and one standby"

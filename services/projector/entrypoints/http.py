@@ -15,7 +15,7 @@ from libs.auth.http import install_auth
 from libs.domain.money import Money
 from libs.http.errors import install_error_handlers
 from libs.http.health import install_health
-from libs.messaging.consumer import refresh_consumer_lag
+from libs.messaging.consumer import assigned_partitions, refresh_consumer_lag
 from libs.observability import install_metrics
 from services.orders.domain.events import OrderStatus
 from services.projector.entrypoints.access import ACCESS
@@ -162,10 +162,12 @@ def create_app(projector: Any | None) -> FastAPI:
         s = p.consumer.stats
         return {"batches": s.batches, "applied": s.applied, "duplicates": s.duplicates,
                 "dead_lettered": p.orders.dead_lettered,
-                "offsets": {f"{t}/{part}": o for (t, part), o in s.offsets.items()}}
+                "offsets": {f"{t}/{part}": o for (t, part), o in s.offsets.items()},
+                "partitions": assigned_partitions(p.broker)}
 
     install_health(app, lambda: app.state.projector.store.pool, ready_details,
-                   readiness="the consumer's progress (batches, events applied, duplicates, offsets).")
+                   readiness="the consumer's progress (batches, events applied, duplicates, offsets) and the "
+                             "partitions the consumer group assigned to this replica.")
     app.include_router(console_router)
     app.include_router(reconciliation_router)
 
