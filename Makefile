@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST := $(BIN)/python -m pytest
 
-.PHONY: help venv run run-fresh test test-unit test-integration test-e2e lint fmt schemas schemas-check bench up down clean
+.PHONY: help venv run run-fresh test test-unit test-integration test-e2e lint fmt schemas schemas-check bench bench-quick up down clean
 
 help:
 	@echo "make run          start the whole platform on the embedded PostgreSQL + Kafka-compatible broker, run the demo"
@@ -14,7 +14,8 @@ help:
 	@echo "make test         unit, integration (real PostgreSQL + Kafka protocol) and end-to-end tests"
 	@echo "make schemas      regenerate schemas/ (JSON Schema per event, AsyncAPI, OpenAPI)"
 	@echo "make lint | fmt   ruff + mypy | ruff format"
-	@echo "make bench        benchmarks (append rate, command-to-read-model latency)"
+	@echo "make bench        the issue-6 benchmark suite against a raw baseline of the same run (<= 10 min)"
+	@echo "make bench-quick  the same with smaller sizes (<= 2 min)"
 	@echo "make up | down    docker compose (Apache Kafka + PostgreSQL + services), where Docker exists"
 
 $(STAMP): pyproject.toml
@@ -59,6 +60,9 @@ schemas: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+bench-quick: $(STAMP)
+	BENCH_QUICK=1 $(BIN)/python -m bench
 
 up:
 	docker compose up --build -d

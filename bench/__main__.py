@@ -1,17 +1,15 @@
-"""make bench — append rate and command-to-read-model latency on this machine.
+"""`make bench` (BENCH_QUICK=1: `make bench-quick`) — the issue-6 benchmark suite.
 
-Starts its own embedded PostgreSQL and Tansu broker and the relay/orders/projector
-processes, measures a raw asyncpg baseline in the same run, then:
-  1. event store appends, one event per transaction, 8 concurrent connections, through
-     EventStore.append (optimistic concurrency, hash chain, never-skip ordering);
-  2. place-order commands over HTTP with ?wait=true: command latency and the latency until
-     the projector's read model shows the order (read-your-writes), at a steady rate;
-  3. upstream ingestion: a generated Stripe-format stream of Kolable course orders (charges,
-     refunds, disputes, duplicates, out of order) produced to `payments.upstream` as fast as
-     the producer goes (its rate is the baseline), and the rate at which the payments service
-     stores, deduplicates and applies it (until the last distinct event is stored); then the
-     same kind of stream through the signed webhook with 8 concurrent senders.
-Writes bench/results/latest.json and prints a table. (Issue 6 extends this suite.)
+Starts its own embedded PostgreSQL (fsync on) and Tansu broker, measures the raw baseline in the same
+run (bench/raw.py: asyncpg single-row transactions on 1 and 8 connections, 100-per-transaction
+executemany, COPY of 1,000; reading the store in batches of 5,000 with orjson; aiokafka produce with
+acks=all to 6 partitions and a batched group consumer; a FastStream one-message-per-call subscriber),
+then each target of issue 6 against its baseline (bench/targets.py), with realistic events made by
+the services' own domain code (libs/cli/seed.py, tests/support/stripe_events.py). Three databases in
+one cluster keep the measures apart: `bench_raw` (baselines and appends), `bench_recon` (a seeded
+store with its read models: rebuild, reconciliation, memory), `bench_tail` (the projector alone, on a
+broker of its own, fed stored events) and `postgres` (the running platform: read-your-writes,
+upstream ingestion). Writes bench/results/latest.json and latest.md.
 """
 
 from __future__ import annotations
@@ -21,259 +19,238 @@ import json
 import os
 import platform
 import tempfile
-import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import asyncpg
-import httpx
 from rich.console import Console
-from rich.table import Table
 
-from libs.auth.client import ActorAuth, ActorTokens
+from bench import raw, targets
+from bench.common import load_average, rows_of, seeded_streams
+from bench.report import evaluate, markdown
 from libs.devstack.kafka import EmbeddedKafka
 from libs.devstack.postgres import EmbeddedPostgres
 from libs.devstack.procs import free_port
 from libs.devstack.supervisor import Child, _wait_ready
-from libs.eventstore import EventStore, Metadata, NewEvent
-from services.payments.domain.signature import sign
-from services.registry import PAYMENTS_UPSTREAM
-from tests.support.stripe_events import encode, generate
 
 console = Console()
 OUT = Path(__file__).parent / "results"
 QUICK = os.environ.get("BENCH_QUICK") == "1"
-RATES = [10, 25, 50]
+
+SIZES: dict[str, int] = {
+    "raw_1conn": 1000, "raw_8conn": 4000, "raw_executemany": 5000, "raw_copy": 10000, "kafka": 10000,
+    "faststream": 3000, "command_appends": 4000, "bulk_appends": 10000, "store": 30000, "tail": 10000,
+    "ryw_seconds": 5, "upstream_orders": 300, "webhook_orders": 60,
+} if QUICK else {
+    "raw_1conn": 2000, "raw_8conn": 8000, "raw_executemany": 20000, "raw_copy": 50000, "kafka": 50000,
+    "faststream": 10000, "command_appends": 8000, "bulk_appends": 50000, "store": 200000, "tail": 30000,
+    "ryw_seconds": 15, "upstream_orders": 1000, "webhook_orders": 200,
+}
+RYW_RATE = 200
 
 
-def pct(values: list[float], p: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
+def _machine() -> str:
+    model = ""
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name"))
+    except (StopIteration, OSError):
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{platform.node()}, {os.cpu_count()} cores {model}, {mem:.1f} GiB, Linux {platform.release()}"
 
 
-async def raw_appends(dsn: str, total: int, conns: int) -> float:
-    pool = await asyncpg.create_pool(dsn, min_size=conns, max_size=conns)
-    await pool.execute("CREATE TABLE IF NOT EXISTS bench_raw (id bigserial PRIMARY KEY, stream text, v int, "
-                       "data jsonb, UNIQUE (stream, v))")
-    per = total // conns
-
-    async def writer(w: int) -> None:
-        async with pool.acquire() as c:
-            for i in range(per):
-                await c.execute("INSERT INTO bench_raw (stream, v, data) VALUES ($1, $2, $3)",
-                                f"raw-{w}-{i % 50}", i, '{"amount": 1000, "currency": "TWD"}')
-
-    t = time.perf_counter()
-    await asyncio.gather(*[writer(w) for w in range(conns)])
-    rate = per * conns / (time.perf_counter() - t)
-    await pool.execute("DROP TABLE bench_raw")
-    await pool.close()
-    return rate
+def _dsn(base: str, db: str) -> str:
+    return base.rsplit("/", 1)[0] + "/" + db
 
 
-async def store_appends(store: EventStore, total: int, conns: int) -> tuple[float, list[float]]:
-    per = total // conns
-    meta = Metadata(actor="bench", role="service", correlation_id="bench")
-    latencies: list[float] = []
-    run = uuid.uuid4().hex[:6]
-
-    async def writer(w: int) -> None:
-        versions: dict[str, int] = {}
-        for i in range(per):
-            stream = f"bench-{run}-{w}-{i % 50}"
-            t0 = time.perf_counter()
-            await store.append(stream, versions.get(stream, 0),
-                               [NewEvent("BenchEvent", {"amount": {"amount": 1000, "currency": "TWD"}, "i": i}, meta)])
-            latencies.append(time.perf_counter() - t0)
-            versions[stream] = versions.get(stream, 0) + 1
-
-    t = time.perf_counter()
-    await asyncio.gather(*[writer(w) for w in range(conns)])
-    return per * conns / (time.perf_counter() - t), latencies
-
-
-async def command_latency(orders: str, projector: str, n: int, rate: float, auth: httpx.Auth) -> dict[str, Any]:
-    tz = ZoneInfo("Asia/Taipei")
-    cmd_lat: list[float] = []
-    rm_lat: list[float] = []
-    caught = 0
-    async with httpx.AsyncClient(timeout=10, auth=auth) as http:
-        async def one(i: int) -> None:
-            nonlocal caught
-            day = (datetime.now(tz) + timedelta(days=5 + i // 10)).date()
-            start = datetime(day.year, day.month, day.day, 8 + i % 10, 0, tzinfo=tz)
-            body = {"customer_id": f"bench-c-{i}", "staff_id": f"bench-s-{uuid.uuid4().hex[:8]}",
-                    "service_code": "dishwash-standard",
-                    "slot": {"start": start.isoformat(), "end": (start + timedelta(hours=1)).isoformat()},
-                    "address": {"line1": "x 1", "district": "大安區", "city": "臺北市"}}
-            t0 = time.perf_counter()
-            r = await http.post(f"{orders}/orders", json=body, params={"wait": "true"})
-            total = time.perf_counter() - t0
-            r.raise_for_status()
-            j = r.json()
-            caught += j["read_model"]["caught_up"]
-            rm_lat.append(total)
-            cmd_lat.append(total - j["read_model"]["waited_ms"] / 1000)
-
-        tasks = []
-        t_start = time.perf_counter()
-        for i in range(n):
-            # Open-loop arrivals at a fixed rate, so slow responses do not lower the load.
-            await asyncio.sleep(max(0.0, t_start + i / rate - time.perf_counter()))
-            tasks.append(asyncio.create_task(one(i)))
-        await asyncio.gather(*tasks)
-        achieved = n / (time.perf_counter() - t_start)
-    ms = 1000
-    return {"commands": n, "target_rate": rate, "achieved_rate": round(achieved, 1), "caught_up": caught,
-            "command_p50_ms": round(pct(cmd_lat, 50) * ms, 1), "command_p95_ms": round(pct(cmd_lat, 95) * ms, 1),
-            "command_p99_ms": round(pct(cmd_lat, 99) * ms, 1),
-            "read_model_p50_ms": round(pct(rm_lat, 50) * ms, 1), "read_model_p95_ms": round(pct(rm_lat, 95) * ms, 1),
-            "read_model_p99_ms": round(pct(rm_lat, 99) * ms, 1)}
-
-
-async def _stored(conn: asyncpg.Connection, streams: list[str]) -> int:
-    return int(await conn.fetchval("SELECT count(DISTINCT stream_id) FROM events WHERE stream_id = ANY($1)", streams))
-
-
-async def _wait_stored(dsn: str, streams: list[str], timeout: float) -> float:
-    """Seconds on the clock when every stream exists (polled every 50 ms)."""
+async def _databases(dsn: str, *names: str) -> None:
     conn = await asyncpg.connect(dsn)
     try:
-        deadline = time.perf_counter() + timeout
-        while await _stored(conn, streams) < len(streams):
-            if time.perf_counter() > deadline:
-                raise TimeoutError(f"only {await _stored(conn, streams)} of {len(streams)} upstream events stored")
-            await asyncio.sleep(0.05)
-        return time.perf_counter()
+        for n in names:
+            await conn.execute(f"CREATE DATABASE {n}")
     finally:
         await conn.close()
 
 
-async def upstream_kafka(dsn: str, bootstrap: str, orders: int, seed: int) -> dict[str, Any]:
-    from aiokafka import AIOKafkaProducer
+async def _migrate_all(dsn: str) -> None:
+    """The tables of the projector and of the services whose rows the seeder writes."""
+    from libs.eventstore import EventStore
+    from libs.eventstore.migrate import migrate
+    from services.payments.bootstrap import MIGRATIONS as PAYMENTS
+    from services.projector.bootstrap import MIGRATIONS as PROJECTOR
+    from services.rma.bootstrap import MIGRATIONS as RMA
+    from services.shipping.bootstrap import MIGRATIONS as SHIPPING
 
-    scenario = generate(seed, orders)
-    bodies = [(e["id"].encode(), encode(e)) for e in scenario.events]
-    streams = sorted({f"upstream-stripe-{e['id']}" for e in scenario.events})
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-    await producer.start()
+    store = await EventStore.connect(dsn)
     try:
-        t0 = time.perf_counter()
-        futures = [await producer.send(PAYMENTS_UPSTREAM, value=v, key=k) for k, v in bodies]
-        await asyncio.gather(*futures)
-        produced = time.perf_counter()
+        async with store.pool.acquire() as conn:
+            await migrate(conn, {"projector": PROJECTOR, "payments": PAYMENTS, "rma": RMA, "shipping": SHIPPING})
     finally:
-        await producer.stop()
-    done = await _wait_stored(dsn, streams, timeout=900)
-    return {"orders": orders, "messages": len(bodies), "distinct_events": len(streams),
-            "produce_rate": round(len(bodies) / (produced - t0)),
-            "ingest_rate": round(len(bodies) / (done - t0)),
-            "ratio_to_produce": round((len(bodies) / (done - t0)) / (len(bodies) / (produced - t0)), 3)}
+        await store.close()
 
 
-async def upstream_webhook(dsn: str, url: str, secret: str, orders: int, seed: int,
-                           senders: int = 8) -> dict[str, Any]:
-    scenario = generate(seed, orders)
-    queue = list(reversed(scenario.events))
-    latencies: list[float] = []
-    async with httpx.AsyncClient(timeout=30) as http:
-        async def sender() -> None:
-            while queue:
-                body = encode(queue.pop())
-                t = time.perf_counter()
-                r = await http.post(url, content=body, headers={
-                    "Content-Type": "application/json", "Stripe-Signature": sign(body, secret, int(time.time()))})
-                r.raise_for_status()
-                latencies.append(time.perf_counter() - t)
+async def _seed(dsn: str, events: int, seed: int, read_models: bool) -> dict[str, Any]:
+    from libs.cli.dev import _seed as seed_store
 
-        t0 = time.perf_counter()
-        await asyncio.gather(*[sender() for _ in range(senders)])
-        elapsed = time.perf_counter() - t0
-    return {"orders": orders, "requests": len(latencies), "senders": senders,
-            "rate": round(len(latencies) / elapsed), "p50_ms": round(pct(latencies, 50) * 1000, 1),
-            "p99_ms": round(pct(latencies, 99) * 1000, 1)}
+    doc = await seed_store(dsn, events, 2000, 3, seed, 30, read_models, False)
+    return {"events": doc["events"], "rate": doc["events_per_second"], "tag": doc["tag"], "load": load_average()}
+
+
+def _kafka_values(streams: list[tuple[str, list[Any]]]) -> list[tuple[bytes, bytes]]:
+    import orjson
+
+    return [(sid.encode(), orjson.dumps({"stream_id": sid, "stream_version": v, **e.to_json()}))
+            for sid, evs in streams for v, e in enumerate(evs, 1)]
+
+
+async def baseline(pg: EmbeddedPostgres, kafka: EmbeddedKafka, res: dict[str, Any]) -> None:
+    dsn = _dsn(pg.dsn, "bench_raw")
+    streams = seeded_streams(max(SIZES["raw_copy"], SIZES["raw_executemany"], SIZES["kafka"]), seed=11)
+    rows = rows_of(streams)
+    b = res["baseline"]
+    console.print("raw: single-row transactions on 1 and 8 connections …")
+    b["insert_1conn"] = await raw.single_row(dsn, rows[:SIZES["raw_1conn"]], 1)
+    b["insert_8conn"] = await raw.single_row(dsn, rows[:SIZES["raw_8conn"]], 8)
+    b["insert_8conn_with_notify"] = await raw.single_row(dsn, rows[:SIZES["raw_8conn"]], 8, notify=True)
+    console.print("raw: executemany 100 per transaction, COPY of 1,000 …")
+    b["executemany_100"] = await raw.executemany(dsn, rows[:SIZES["raw_executemany"]])
+    b["copy_1000"] = await raw.copy(dsn, rows[:SIZES["raw_copy"]])
+    console.print("raw: aiokafka produce acks=all / consume, FastStream per message …")
+    values = _kafka_values(streams)
+    b["kafka"] = await raw.kafka_produce_consume(kafka.bootstrap, values[:SIZES["kafka"]])
+    b["faststream_per_message"] = await raw.faststream_per_message(kafka.bootstrap, values[:SIZES["faststream"]])
+
+
+async def appends(pg: EmbeddedPostgres, res: dict[str, Any]) -> None:
+    from libs.eventstore import EventStore
+
+    store = await EventStore.connect(_dsn(pg.dsn, "bench_raw"), min_size=8, max_size=10)
+    try:
+        console.print(f"target 1: {SIZES['command_appends']} command appends on 8 connections …")
+        res["measures"]["command_appends"] = await targets.command_appends(
+            store, seeded_streams(SIZES["command_appends"], seed=12), 8)
+        console.print(f"target 2: {SIZES['bulk_appends']} events through append_many, ~1,000 per call …")
+        res["measures"]["bulk_appends"] = await targets.bulk_appends(store, seeded_streams(SIZES["bulk_appends"],
+                                                                                           seed=13))
+    finally:
+        await store.close()
+
+
+async def store_jobs(pg: EmbeddedPostgres, res: dict[str, Any]) -> None:
+    dsn = _dsn(pg.dsn, "bench_recon")
+    await _migrate_all(dsn)
+    console.print(f"seeding {SIZES['store']:,} events with their read models (closeloop dev seed) …")
+    res["measures"]["seed"] = await _seed(dsn, SIZES["store"], seed=21, read_models=True)
+    console.print("raw: read the whole store in batches of 5,000 with orjson …")
+    res["baseline"]["read_all_5000"] = await raw.read_all(dsn)
+    pid = pg.proc.pid if pg.proc else None
+    console.print("target 3: closeloop reconcile rebuild …")
+    r = targets.cli_job(["reconcile", "rebuild"], dsn, pid)
+    res["measures"]["rebuild"] = {"events": r["result"]["applied"], "rate": round(r["result"]["events_per_second"]),
+                                  "seconds": r["seconds"], "peak_rss_mb": r["peak_rss_mb"], "load": r["load"]}
+    console.print("targets 7, 8: closeloop reconcile …")
+    r = targets.cli_job(["reconcile"], dsn, pid)
+    report = r["result"]
+    events = int(res["measures"]["seed"]["events"])
+    res["measures"]["reconcile"] = {
+        "events": events, "seconds": r["seconds"], "rate": round(events / r["seconds"]),
+        "projected_1m_seconds": round(r["seconds"] * 1_000_000 / events, 1), "exit": r["exit"],
+        "discrepancies": report.get("totals", {}).get("discrepancies"), "peak_rss_mb": r["peak_rss_mb"],
+        "postgres_peak_rss_mb": r["postgres_peak_rss_mb"], "load": r["load"]}
+
+
+async def platform_jobs(pg: EmbeddedPostgres, kafka: EmbeddedKafka, root: Path, res: dict[str, Any]) -> None:
+    from libs.auth.client import ActorAuth, ActorTokens
+    from libs.eventstore import EventStore
+    from libs.messaging.topics import topic_router
+    from services.registry import STREAM_TOPICS
+
+    env = {**os.environ, "DATABASE_URL": pg.dsn, "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
+           "CLOSELOOP_ENVIRONMENT": "test", "CLOSELOOP_LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1",
+           "CLOSELOOP_SECRET_KEY": "closeloop-bench-" + uuid.uuid4().hex, "CLOSELOOP_RECONCILE_ENABLED": "false",
+           "CLOSELOOP_RELAY_START": "head"}
+    secret = "whsec_bench_" + uuid.uuid4().hex
+    env["CLOSELOOP_STRIPE_WEBHOOK_SECRETS"] = secret
+    children: dict[str, Child] = {}
+
+    def start(*names: str, **extra: str) -> None:
+        for name in names:
+            port = free_port()
+            children[name] = Child(name, port, {**env, **extra, "CLOSELOOP_HTTP_PORT": str(port)},
+                                   root / f"{name}.log")
+            children[name].start()
+        for name in names:
+            _wait_ready(children[name])
+
+    try:
+        # The projector alone on its own database and broker, so that no other service reacts to the tail.
+        tail_kafka = EmbeddedKafka(log_path=root / "kafka-tail.log")
+        tail_kafka.start()
+        tail_dsn = _dsn(pg.dsn, "bench_tail")
+        try:
+            start("projector", DATABASE_URL=tail_dsn, KAFKA_BOOTSTRAP_SERVERS=tail_kafka.bootstrap)
+            console.print(f"target 4: {SIZES['tail']:,} stored events to the projector through Kafka …")
+            seeded = await _seed(tail_dsn, SIZES["tail"], seed=31, read_models=False)
+            store = await EventStore.connect(tail_dsn, run_migrations=False)
+            try:
+                ids = [r["stream_id"] for r in await store.pool.fetch(
+                    "SELECT DISTINCT stream_id FROM events WHERE stream_id LIKE '%-' || $1 || '-%'", seeded["tag"])]
+                res["measures"]["projector_tail"] = await targets.projector_tail(
+                    tail_dsn, tail_kafka.bootstrap, store, ids, "projector.orders", topic_router(STREAM_TOPICS))
+            finally:
+                await store.close()
+        finally:
+            children.pop("projector").stop()
+            tail_kafka.stop()
+        start("orders", "projector", "payments", "relay")
+        tokens = ActorTokens(pg.dsn, env["CLOSELOOP_SECRET_KEY"], created_by="bench")
+        auth = ActorAuth(tokens, write_as=("bench", "service"))
+        await targets.command_latency(children["orders"].url, 40, 20, auth)  # warm-up
+        n = RYW_RATE * SIZES["ryw_seconds"]
+        console.print(f"target 5: {n} place-order commands at {RYW_RATE}/s with read-your-writes …")
+        res["measures"]["read_your_writes"] = await targets.command_latency(children["orders"].url, n, RYW_RATE, auth)
+        console.print(f"target 6: Stripe events of {SIZES['upstream_orders']} orders through payments.upstream …")
+        res["measures"]["upstream_kafka"] = await targets.upstream_kafka(pg.dsn, kafka.bootstrap,
+                                                                         SIZES["upstream_orders"], seed=1)
+        console.print(f"(info) Stripe events of {SIZES['webhook_orders']} orders through the webhook …")
+        res["measures"]["upstream_webhook"] = await targets.upstream_webhook(
+            f"{children['payments'].url}/webhooks/stripe", secret, SIZES["webhook_orders"], seed=2)
+    finally:
+        for child in reversed(list(children.values())):
+            child.stop()
 
 
 async def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="closeloop-bench-"))
     pg = EmbeddedPostgres(root / "pg", fsync=True, log_path=root / "pg.log")
     kafka = EmbeddedKafka(log_path=root / "kafka.log")
-    children: list[Child] = []
-    results: dict[str, Any] = {"date": datetime.now(UTC).isoformat(timespec="seconds"),
-                               "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores",
-                               "python": platform.python_version()}
+    res: dict[str, Any] = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": _machine(),
+                           "python": platform.python_version(), "quick": QUICK, "sizes": SIZES,
+                           "load_at_start": load_average(), "baseline": {}, "measures": {}}
+    started = datetime.now(UTC)
     try:
         pg.start()
         kafka.start()
-        total = 2000 if QUICK else 8000
-        console.print(f"raw asyncpg baseline: {total} single-row inserts on 8 connections …")
-        raw = await raw_appends(pg.dsn, total, 8)
-        store = await EventStore.connect(pg.dsn, max_size=10)
-        console.print(f"event store: {total} appends (1 event each) on 8 connections …")
-        rate, lat = await store_appends(store, total, 8)
-        await store.close()
-        results["append"] = {"events": total, "connections": 8, "raw_rate": round(raw),
-                             "store_rate": round(rate), "ratio_to_raw": round(rate / raw, 2),
-                             "p50_ms": round(pct(lat, 50) * 1000, 2), "p99_ms": round(pct(lat, 99) * 1000, 2)}
-        env = {**os.environ, "DATABASE_URL": pg.dsn, "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
-               "CLOSELOOP_ENVIRONMENT": "test", "CLOSELOOP_LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1",
-               "CLOSELOOP_SECRET_KEY": "closeloop-bench-" + uuid.uuid4().hex}
-        # The commands are placed by the platform's own service (one token: its lookup is in every request).
-        tokens = ActorTokens(pg.dsn, env["CLOSELOOP_SECRET_KEY"], created_by="bench")
-        auth = ActorAuth(tokens, write_as=("bench", "service"))
-        secret = "whsec_bench_" + uuid.uuid4().hex
-        env["CLOSELOOP_STRIPE_WEBHOOK_SECRETS"] = secret
-        for name in ("relay", "orders", "projector", "payments"):
-            port = free_port()
-            child = Child(name, port, {**env, "CLOSELOOP_HTTP_PORT": str(port)}, root / f"{name}.log")
-            child.start()
-            children.append(child)
-        for child in children:
-            _wait_ready(child)
-        await command_latency(children[1].url, children[2].url, 20, 20, auth)  # warm-up
-        results["command_to_read_model"] = []
-        for rate in RATES:
-            n = int(rate * (5 if QUICK else 15))
-            console.print(f"{n} place-order commands at {rate}/s with read-your-writes …")
-            results["command_to_read_model"].append(await command_latency(children[1].url, children[2].url, n, rate,
-                                                                          auth))
-        orders = 300 if QUICK else 2000
-        console.print(f"upstream: Stripe events of {orders} orders through payments.upstream …")
-        results["upstream_kafka"] = await upstream_kafka(pg.dsn, kafka.bootstrap, orders, seed=1)
-        console.print(f"upstream: Stripe events of {orders // 2} orders through the webhook, 8 senders …")
-        results["upstream_webhook"] = await upstream_webhook(pg.dsn, f"{children[3].url}/webhooks/stripe", secret,
-                                                             orders // 2, seed=2)
+        await _databases(pg.dsn, "bench_raw", "bench_recon", "bench_tail")
+        await baseline(pg, kafka, res)
+        await appends(pg, res)
+        await store_jobs(pg, res)
+        await platform_jobs(pg, kafka, root, res)
     finally:
-        for child in reversed(children):
-            child.stop()
         kafka.stop()
         pg.stop()
+    res["seconds"] = round((datetime.now(UTC) - started).total_seconds(), 1)
+    res["load_at_end"] = load_average()
+    res["targets"] = evaluate(res)
     OUT.mkdir(exist_ok=True)
-    (OUT / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
-    table = Table(title=f"closeloop bench {results['date']} — {results['machine']}")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    a = results["append"]
-    table.add_row("raw INSERT, 8 connections", f"{a['raw_rate']:,} events/s")
-    table.add_row("EventStore.append, 8 connections", f"{a['store_rate']:,} events/s ({a['ratio_to_raw']:.0%} of raw)")
-    table.add_row("append latency p50 / p99", f"{a['p50_ms']} / {a['p99_ms']} ms")
-    for c in results["command_to_read_model"]:
-        label = f"place order at {c['target_rate']}/s (achieved {c['achieved_rate']}/s, n={c['commands']})"
-        table.add_row(label + ": command p50/p95/p99",
-                      f"{c['command_p50_ms']} / {c['command_p95_ms']} / {c['command_p99_ms']} ms")
-        table.add_row(label + ": → read model p50/p95/p99",
-                      f"{c['read_model_p50_ms']} / {c['read_model_p95_ms']} / {c['read_model_p99_ms']} ms")
-    k = results["upstream_kafka"]
-    table.add_row(f"Kafka produce of {k['messages']:,} Stripe events (baseline)", f"{k['produce_rate']:,} events/s")
-    table.add_row(f"upstream ingestion through Kafka ({k['orders']:,} orders, {k['distinct_events']:,} distinct)",
-                  f"{k['ingest_rate']:,} events/s ({k['ratio_to_produce']:.1%} of produce)")
-    w = results["upstream_webhook"]
-    table.add_row(f"upstream ingestion through the webhook ({w['requests']:,} requests, {w['senders']} senders)",
-                  f"{w['rate']:,} events/s, p50 {w['p50_ms']} / p99 {w['p99_ms']} ms")
-    console.print(table)
+    (OUT / "latest.json").write_text(json.dumps(res, indent=2) + "\n")
+    md = markdown(res)
+    (OUT / "latest.md").write_text(md)
+    console.print(md)
+    console.print(f"logs in {root}; results in {OUT}/latest.json and latest.md")
 
 
 if __name__ == "__main__":
