@@ -10,11 +10,22 @@ Guarantees (each proven by tests/integration/test_event_store_contract.py):
   while many writers commit out of order (see the comment in 0001_event_store.sql);
 - every event is chained to its predecessor in the stream by a SHA-256 hash, so an
   edited or deleted row is found by verify().
+
+Followers (the relay) are woken on commit by a NOTIFY on `closeloop_events`. The NOTIFY is
+not sent inside the appending transaction when the store knows when that transaction
+commits (an append on its own, or one inside store.transaction()): a notifying commit
+takes a cluster-wide lock until its WAL is flushed, which made concurrent writers commit
+one at a time (migrations/0003). The store sends it right after such commits instead,
+coalesced (at most one in flight, one more if commits came meanwhile) from a session with
+synchronous_commit off. An append on a connection whose transaction someone else opened
+notifies inside it, as before.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -34,6 +45,11 @@ from libs.eventstore.model import (
     RecordedEvent,
 )
 from libs.observability import APPEND_CONFLICTS, EVENTS_APPENDED
+
+log = logging.getLogger("closeloop.eventstore")
+
+# Followers LISTEN here (libs/messaging/relay.py).
+NOTIFY_CHANNEL = "closeloop_events"
 
 _COLUMNS = """global_position, transaction_id::text::bigint AS transaction_id, event_id, stream_id,
     stream_version, event_type, schema_version, data, metadata, recorded_at, prev_hash, hash"""
@@ -106,7 +122,13 @@ class Finding:
 class EventStore:
     def __init__(self, pool: asyncpg.Pool, dsn: str | None = None) -> None:
         self.pool = pool
-        self.dsn = dsn  # for dedicated connections (LISTEN)
+        self.dsn = dsn  # for dedicated connections (LISTEN, the followers' wake-up)
+        # Connections inside a store.transaction(), and whether that transaction appended.
+        self._own_tx: dict[asyncpg.Connection, bool] = {}
+        self._waker: asyncio.Task[None] | None = None
+        self._wake_again = False
+        self._wake_conn: asyncpg.Connection | None = None
+        self._wake_loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
     async def connect(
@@ -119,14 +141,60 @@ class EventStore:
         return cls(pool, dsn)
 
     async def close(self) -> None:
+        if self._waker is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._waker, 2)
+        if self._wake_conn is not None and self._wake_loop is asyncio.get_running_loop():
+            with contextlib.suppress(Exception):
+                await self._wake_conn.close()
         await self.pool.close()
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
         """A connection inside a transaction: appends and other writes made with it
-        commit or roll back together."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            yield conn
+        commit or roll back together. Followers are woken after the commit if it appended."""
+        async with self.pool.acquire() as conn:
+            self._own_tx[conn] = False
+            try:
+                async with conn.transaction():
+                    yield conn
+                appended = self._own_tx[conn]
+            finally:
+                self._own_tx.pop(conn, None)
+        if appended:
+            self.wake_followers()
+
+    # ------------------------------------------------------------------ waking followers
+    def wake_followers(self) -> None:
+        """NOTIFY followers that something committed: now, or right after the NOTIFY in flight."""
+        loop = asyncio.get_running_loop()
+        if self._waker is not None and not self._waker.done() and self._waker.get_loop() is loop:
+            self._wake_again = True
+            return
+        self._waker = loop.create_task(self._wake())
+
+    async def _wake(self) -> None:
+        self._wake_again = True
+        while self._wake_again:
+            self._wake_again = False
+            try:
+                if self.dsn is not None:
+                    loop = asyncio.get_running_loop()
+                    if self._wake_conn is None or self._wake_conn.is_closed() or self._wake_loop is not loop:
+                        self._wake_loop = loop
+                        # The NOTIFY's transaction writes nothing worth a flush: don't wait for one.
+                        self._wake_conn = await asyncpg.connect(self.dsn,
+                                                                server_settings={"synchronous_commit": "off"})
+                    await self._wake_conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
+                else:
+                    async with self.pool.acquire() as c, c.transaction():
+                        await c.execute("SET LOCAL synchronous_commit = off")
+                        await c.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                # Followers also poll slowly as a safety net; the next commit tries again.
+                log.warning("could not wake the event store's followers: %s", exc)
+                self._wake_conn = None
+                return
 
     # ------------------------------------------------------------------ writing
     async def append(self, stream_id: str, expected_version: int | None, events: Sequence[NewEvent], *,
@@ -149,14 +217,16 @@ class EventStore:
         for stream_id, _, events in appends:
             if not events:
                 raise ValueError(f"append to {stream_id} needs at least one event")
+        # NOTIFY inside the transaction only when the store cannot tell when it commits.
+        notify_inside = conn is not None and conn not in self._own_tx
         if len(appends) == 1:
             sid, exp, events = appends[0]
-            sql = "SELECT $1::text AS stream_id, * FROM closeloop_append($1, $2, $3)"
-            args: tuple[Any, ...] = (sid, exp, [e.to_json() for e in events])
+            sql = "SELECT $1::text AS stream_id, * FROM closeloop_append($1, $2, $3, $4)"
+            args: tuple[Any, ...] = (sid, exp, [e.to_json() for e in events], notify_inside)
         else:
-            sql = "SELECT * FROM closeloop_append_many($1)"
+            sql = "SELECT * FROM closeloop_append_many($1, $2)"
             args = ([{"stream_id": sid, "expected_version": exp, "events": [e.to_json() for e in events]}
-                     for sid, exp, events in appends],)
+                     for sid, exp, events in appends], notify_inside)
         try:
             if conn is None:
                 async with self.pool.acquire() as c:
@@ -179,6 +249,10 @@ class EventStore:
             if state == "CL003":
                 raise DuplicateEventId(str(exc)) from exc
             raise
+        if conn is None:
+            self.wake_followers()  # committed on its own
+        elif not notify_inside:
+            self._own_tx[conn] = True
         by_stream: dict[str, list[asyncpg.Record]] = {}
         for r in rows:
             by_stream.setdefault(r["stream_id"], []).append(r)

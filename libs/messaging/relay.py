@@ -11,7 +11,8 @@ Per-stream order: a stream's events are read in version order, a stream always m
 one partition (key = stream id), and aiokafka keeps at most one produce request in
 flight per broker connection, so a retried batch cannot overtake a later one.
 
-The relay does not sleep-poll: each append NOTIFYs `closeloop_events` on commit and the
+The relay does not sleep-poll: every commit that appended NOTIFYs `closeloop_events` (the
+event store sends it right after the commits it knows of, libs/eventstore/store.py) and the
 relay wakes on it; a slow timer remains as a safety net.
 """
 
@@ -30,12 +31,12 @@ import asyncpg
 from faststream.kafka import KafkaBroker
 
 from libs.eventstore import START, Cursor, EventStore, RecordedEvent
+from libs.eventstore.store import NOTIFY_CHANNEL
 from libs.messaging import envelope
 from libs.observability import RELAY_PUBLISHED
 
 log = logging.getLogger("closeloop.relay")
 
-NOTIFY_CHANNEL = "closeloop_events"
 
 # Failpoint for the crash-safety test: kill the process after the batch was sent and
 # acknowledged by Kafka but before the checkpoint commit - the worst moment.
