@@ -114,20 +114,106 @@ BEGIN
 END
 $$;
 
+-- Several appends in one round trip (see 0001). Set-based when it can be: the heads of every
+-- stream in one query, the hash chains computed in one loop, every row in one INSERT. When any
+-- event id is already stored (an idempotent retry, or a refused reuse) or a stream or an id comes twice,
+-- it takes the per-stream path of closeloop_append, which sorts those cases out exactly.
 CREATE FUNCTION closeloop_append_many(p_appends jsonb, p_notify boolean DEFAULT true)
 RETURNS TABLE (stream_id text, global_position bigint, stream_version bigint, event_id uuid,
                recorded_at timestamptz, transaction_id xid8, hash text, replayed boolean)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
-    a jsonb;
+    a          jsonb;
+    e          jsonb;
+    v_streams  text[];
+    v_ids      uuid[];
+    v_heads    jsonb;
+    h          jsonb;
+    v_ver      bigint;
+    v_prev     text;
+    v_xid      xid8 := pg_current_xact_id();
+    v_at       timestamptz;
+    v_sid      text;
+    v_exp      bigint;
+    r_sid      text[] := '{}';
+    r_ver      bigint[] := '{}';
+    r_id       uuid[] := '{}';
+    r_type     text[] := '{}';
+    r_schema   integer[] := '{}';
+    r_data     jsonb[] := '{}';
+    r_meta     jsonb[] := '{}';
+    r_at       timestamptz[] := '{}';
+    r_prev     text[] := '{}';
+    r_hash     text[] := '{}';
 BEGIN
-    FOR a IN SELECT x FROM jsonb_array_elements(p_appends) x LOOP
-        RETURN QUERY SELECT a->>'stream_id', r.global_position, r.stream_version, r.event_id, r.recorded_at,
-                            r.transaction_id, r.hash, r.replayed
-                       FROM closeloop_append(a->>'stream_id', (a->>'expected_version')::bigint, a->'events',
-                                             false) r;
-    END LOOP;
+    v_streams := ARRAY(SELECT x->>'stream_id' FROM jsonb_array_elements(p_appends) x);
+    v_ids := ARRAY(SELECT (y->>'event_id')::uuid FROM jsonb_array_elements(p_appends) x,
+                          jsonb_array_elements(x->'events') y);
+    IF cardinality(v_streams) <> (SELECT count(DISTINCT s) FROM unnest(v_streams) s)
+       OR cardinality(v_ids) <> (SELECT count(DISTINCT i) FROM unnest(v_ids) i)
+       OR EXISTS (SELECT 1 FROM events ev WHERE ev.event_id = ANY(v_ids)) THEN
+        FOR a IN SELECT x FROM jsonb_array_elements(p_appends) x LOOP
+            RETURN QUERY SELECT a->>'stream_id', r.global_position, r.stream_version, r.event_id, r.recorded_at,
+                                r.transaction_id, r.hash, r.replayed
+                           FROM closeloop_append(a->>'stream_id', (a->>'expected_version')::bigint, a->'events',
+                                                 false) r;
+        END LOOP;
+    ELSE
+        SELECT coalesce(jsonb_object_agg(hd.stream_id, jsonb_build_array(hd.stream_version, hd.hash,
+                                                                          hd.transaction_id::text)), '{}')
+          INTO v_heads
+          FROM (SELECT DISTINCT ON (ev.stream_id) ev.stream_id, ev.stream_version, ev.hash, ev.transaction_id
+                  FROM events ev WHERE ev.stream_id = ANY(v_streams)
+                 ORDER BY ev.stream_id, ev.stream_version DESC) hd;
+        FOR a IN SELECT x FROM jsonb_array_elements(p_appends) x LOOP
+            v_sid := a->>'stream_id';
+            v_exp := (a->>'expected_version')::bigint;
+            h := v_heads->v_sid;
+            v_ver := coalesce((h->>0)::bigint, 0);
+            IF jsonb_array_length(a->'events') = 0 THEN
+                RAISE EXCEPTION 'no events to append' USING ERRCODE = '22023';
+            END IF;
+            IF v_exp IS NOT NULL AND v_exp <> v_ver THEN
+                RAISE EXCEPTION 'stream % is at version %, expected %', v_sid, v_ver, v_exp
+                      USING ERRCODE = 'CL001', DETAIL = v_ver::text;
+            END IF;
+            IF h IS NOT NULL AND (h->>2)::xid8 > v_xid THEN
+                RAISE EXCEPTION 'stream % was advanced by a younger transaction; retry', v_sid
+                      USING ERRCODE = 'CL002', DETAIL = v_ver::text;
+            END IF;
+            v_prev := coalesce(h->>1, repeat('0', 64));
+            FOR e IN SELECT y FROM jsonb_array_elements(a->'events') y LOOP
+                v_ver := v_ver + 1;
+                v_at := clock_timestamp();
+                r_sid := r_sid || v_sid;
+                r_ver := r_ver || v_ver;
+                r_id := r_id || (e->>'event_id')::uuid;
+                r_type := r_type || (e->>'event_type');
+                r_schema := r_schema || (e->>'schema_version')::integer;
+                r_data := r_data || (e->'data');
+                r_meta := r_meta || (e->'metadata');
+                r_at := r_at || v_at;
+                r_prev := r_prev || v_prev;
+                v_prev := closeloop_event_hash(v_prev, (e->>'event_id')::uuid, v_sid, v_ver, e->>'event_type',
+                                               (e->>'schema_version')::integer, v_at, e->'data', e->'metadata');
+                r_hash := r_hash || v_prev;
+            END LOOP;
+        END LOOP;
+        RETURN QUERY
+        WITH ins AS (
+            INSERT INTO events (event_id, stream_id, stream_version, event_type, schema_version,
+                                data, metadata, recorded_at, prev_hash, hash)
+            SELECT u.id, u.sid, u.ver, u.typ, u.sch, u.dat, u.met, u.at, u.prv, u.hsh
+              FROM unnest(r_id, r_sid, r_ver, r_type, r_schema, r_data, r_meta, r_at, r_prev, r_hash)
+                   WITH ORDINALITY AS u(id, sid, ver, typ, sch, dat, met, at, prv, hsh, n)
+             ORDER BY u.n
+            RETURNING events.stream_id, events.global_position, events.stream_version, events.event_id,
+                      events.recorded_at, events.hash)
+        SELECT ins.stream_id, ins.global_position, ins.stream_version, ins.event_id, ins.recorded_at, v_xid,
+               ins.hash, false
+          FROM ins ORDER BY ins.global_position;
+    END IF;
     IF p_notify THEN
         PERFORM pg_notify('closeloop_events', '');
     END IF;
