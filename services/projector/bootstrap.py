@@ -19,7 +19,7 @@ from libs.application.timers import TimerRunner
 from libs.eventstore import EventStore
 from libs.eventstore.migrate import migrate
 from libs.messaging.broker import consumer_options, make_broker
-from libs.messaging.consumer import EnvelopeBatchConsumer, consume_batch
+from libs.messaging.consumer import EnvelopeBatchConsumer, consume_batch, raw_records
 from libs.messaging.topics import ensure_topics
 from libs.runtime import Background, serve, setup_logging
 from libs.settings import ServiceSettings
@@ -100,8 +100,8 @@ def build_broker(settings: ProjectorSettings, consumer: EnvelopeBatchConsumer,
                        max_records=settings.projector_batch_max_records,
                        batch_timeout_ms=settings.projector_batch_timeout_ms,
                        ack_policy=AckPolicy.MANUAL, title="projector consumes " + ", ".join(topics),
-                       **consumer_options(settings))
-    async def on_events(body: list[Any], msg: KafkaMessage) -> None:
+                       decoder=raw_records, **consumer_options(settings))
+    async def on_events(body: Any, msg: KafkaMessage) -> None:
         # The effects, the processed ids and the offsets commit together; only then is the
         # batch acknowledged to Kafka (libs/messaging/consumer.py).
         await consume_batch(consumer, msg)
