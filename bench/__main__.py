@@ -154,11 +154,12 @@ async def store_jobs(pg: EmbeddedPostgres, res: dict[str, Any]) -> None:
     console.print("targets 7, 8: closeloop reconcile …")
     r = targets.cli_job(["reconcile"], dsn, pid)
     report = r["result"]
-    events = int(res["measures"]["seed"]["events"])
+    events = int(report["store"]["events"])
+    seconds = float(report["duration_seconds"])
     res["measures"]["reconcile"] = {
-        "events": events, "seconds": r["seconds"], "rate": round(events / r["seconds"]),
-        "projected_1m_seconds": round(r["seconds"] * 1_000_000 / events, 1), "exit": r["exit"],
-        "discrepancies": report.get("totals", {}).get("discrepancies"), "peak_rss_mb": r["peak_rss_mb"],
+        "events": events, "seconds": seconds, "process_seconds": r["seconds"], "rate": round(events / seconds),
+        "projected_1m_seconds": round(seconds * 1_000_000 / events, 1), "phases": report.get("phases"),
+        "exit": r["exit"], "discrepancies": report["totals"]["discrepancies"], "peak_rss_mb": r["peak_rss_mb"],
         "postgres_peak_rss_mb": r["postgres_peak_rss_mb"], "load": r["load"]}
 
 

@@ -20,13 +20,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from aiokafka import ConsumerRecord
 from faststream.kafka import KafkaBroker
 
 from libs.devstack.procs import free_port
 from libs.devstack.supervisor import Child
-from libs.eventstore import Cursor, EventStore
+from libs.eventstore import NO_STREAM, Cursor, EventStore
+from libs.eventstore.store import NOTIFY_CHANNEL
 from libs.messaging import envelope
 from libs.messaging.broker import make_broker
 from libs.messaging.consumer import EnvelopeBatchConsumer
@@ -395,6 +397,51 @@ async def test_relay_waits_for_a_notification_instead_of_polling(
         await read_until(consumer, lambda rs: set(event_ids_of(rs)) >= ids, keep=keyed(story.streams))
     finally:
         await consumer.stop()
+
+
+async def test_every_way_of_appending_notifies_followers_once_committed(store: EventStore) -> None:
+    """The store NOTIFYs after the commits it knows of (an append alone, store.transaction()) and inside
+    a transaction it did not open; a follower LISTENing is woken by each, and not by a rolled-back one."""
+    assert store.dsn is not None
+    listener = await asyncpg.connect(store.dsn)
+    woken: asyncio.Queue[str] = asyncio.Queue()
+    await listener.add_listener(NOTIFY_CHANNEL, lambda *_: woken.put_nowait("notified"))
+
+    async def woken_by(append: Callable[[Any], Awaitable[None]]) -> bool:
+        while not woken.empty():
+            woken.get_nowait()
+        stream_id, events = order_story("cancelled_before_prepayment").steps[0][0]
+        await append(lambda conn=None: store.append(stream_id, NO_STREAM, events, conn=conn))
+        try:
+            await asyncio.wait_for(woken.get(), 5)
+            return True
+        except TimeoutError:
+            return False
+
+    async def alone(do: Any) -> None:
+        await do()
+
+    async def in_store_transaction(do: Any) -> None:
+        async with store.transaction() as conn:
+            await do(conn)
+
+    async def in_foreign_transaction(do: Any) -> None:
+        async with store.pool.acquire() as conn, conn.transaction():
+            await do(conn)
+
+    async def rolled_back(do: Any) -> None:
+        with contextlib.suppress(ZeroDivisionError):
+            async with store.transaction() as conn:
+                await do(conn)
+                raise ZeroDivisionError
+
+    try:
+        assert await woken_by(alone)
+        assert await woken_by(in_store_transaction)
+        assert await woken_by(in_foreign_transaction)
+        assert not await woken_by(rolled_back)
+    finally:
+        await listener.close()
 
 
 async def test_only_one_relay_per_name_publishes_and_a_standby_takes_over(
