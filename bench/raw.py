@@ -7,13 +7,14 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 import orjson
 
-from bench.common import Row, Timer, chunks, latency_ms
+from bench.common import Row, Timer, chunks, latency_ms, load_average
 
 RAW_TABLE = """CREATE TABLE IF NOT EXISTS bench_raw (
     global_position bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -73,30 +74,42 @@ async def single_row(dsn: str, rows: list[Row], conns: int, *, notify: bool = Fa
             **latency_ms(latencies), "load": t.load}
 
 
-async def executemany(dsn: str, rows: list[Row], per_tx: int = 100) -> dict[str, Any]:
+async def _batched(dsn: str, rows: list[Row], size: int,
+                   write: Callable[[asyncpg.Connection, list[tuple[Any, ...]]], Awaitable[Any]]) -> float:
+    """Seconds to write `rows` in batches of `size` on one connection with `write` (into a fresh table)."""
     conn = await asyncpg.connect(dsn)
-    await _fresh(conn)
-    tag = uuid.uuid4().hex[:6]
-    batches = [[record(r, tag) for r in batch] for batch in chunks(rows, per_tx)]
-    with Timer() as t:
-        for batch in batches:
-            async with conn.transaction():
-                await conn.executemany(INSERT, batch)
-    await conn.close()
-    return {"events": len(rows), "per_transaction": per_tx, "rate": round(len(rows) / t.seconds), "load": t.load}
+    try:
+        await _fresh(conn)
+        tag = uuid.uuid4().hex[:6]
+        batches = [[record(r, tag) for r in batch] for batch in chunks(rows, size)]
+        with Timer() as t:
+            for batch in batches:
+                await write(conn, batch)
+        await conn.execute("DROP TABLE bench_raw")
+    finally:
+        await conn.close()
+    return t.seconds
+
+
+async def executemany(dsn: str, rows: list[Row], per_tx: int = 100) -> dict[str, Any]:
+    async def write(conn: asyncpg.Connection, batch: list[tuple[Any, ...]]) -> None:
+        async with conn.transaction():
+            await conn.executemany(INSERT, batch)
+
+    load = load_average()
+    seconds = await _batched(dsn, rows, per_tx, write)
+    return {"events": len(rows), "per_transaction": per_tx, "rate": round(len(rows) / seconds),
+            "load": max(load, load_average())}
 
 
 async def copy(dsn: str, rows: list[Row], per_copy: int = 1000) -> dict[str, Any]:
-    conn = await asyncpg.connect(dsn)
-    await _fresh(conn)
-    tag = uuid.uuid4().hex[:6]
-    batches = [[record(r, tag) for r in batch] for batch in chunks(rows, per_copy)]
-    with Timer() as t:
-        for batch in batches:
-            await conn.copy_records_to_table("bench_raw", records=batch, columns=COLUMNS)
-    await conn.execute("DROP TABLE bench_raw")
-    await conn.close()
-    return {"events": len(rows), "per_copy": per_copy, "rate": round(len(rows) / t.seconds), "load": t.load}
+    async def write(conn: asyncpg.Connection, batch: list[tuple[Any, ...]]) -> None:
+        await conn.copy_records_to_table("bench_raw", records=batch, columns=COLUMNS)
+
+    load = load_average()
+    seconds = await _batched(dsn, rows, per_copy, write)
+    return {"events": len(rows), "per_copy": per_copy, "rate": round(len(rows) / seconds),
+            "load": max(load, load_average())}
 
 
 async def read_all(dsn: str, batch: int = 5000) -> dict[str, Any]:
