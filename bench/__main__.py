@@ -52,6 +52,7 @@ SIZES: dict[str, int] = {
 # seeding runs at 1,000-2,000 events/s here, so `make bench` projects 1M linearly from a smaller store).
 SIZES["store"] = int(os.environ.get("BENCH_STORE_EVENTS", SIZES["store"]))
 RYW_RATE = 200
+INFO_RATE = 25  # read-your-writes below saturation, for comparison
 
 
 def _machine() -> str:
@@ -216,6 +217,9 @@ async def platform_jobs(pg: EmbeddedPostgres, kafka: EmbeddedKafka, root: Path, 
         n = RYW_RATE * SIZES["ryw_seconds"]
         console.print(f"target 5: {n} place-order commands at {RYW_RATE}/s with read-your-writes …")
         res["measures"]["read_your_writes"] = await targets.command_latency(children["orders"].url, n, RYW_RATE, auth)
+        console.print(f"(info) {INFO_RATE * SIZES['ryw_seconds']} place-order commands at {INFO_RATE}/s …")
+        res["measures"]["read_your_writes_low_rate"] = await targets.command_latency(
+            children["orders"].url, INFO_RATE * SIZES["ryw_seconds"], INFO_RATE, auth)
         console.print(f"target 6: Stripe events of {SIZES['upstream_orders']} orders through payments.upstream …")
         res["measures"]["upstream_kafka"] = await targets.upstream_kafka(pg.dsn, kafka.bootstrap,
                                                                          SIZES["upstream_orders"], seed=1)

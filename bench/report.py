@@ -92,6 +92,11 @@ def markdown(res: dict[str, Any]) -> str:
     w = m.get("upstream_webhook")
     lines += ["", f"Seeding ({m['seed']['events']:,} events with read models, `closeloop dev seed`): "
                   f"{m['seed']['rate']:,}/s."]
+    lo = m.get("read_your_writes_low_rate")
+    if lo:
+        lines.append(f"Read-your-writes at {lo['target_rate']}/s (achieved {lo['achieved_rate']}/s, "
+                     f"n={lo['commands']}): p50 {lo['p50_ms']} / p95 {lo['p95_ms']} / p99 {lo['p99_ms']} ms "
+                     f"(command alone p50 {lo['command']['p50_ms']} ms), load {lo['load']}.")
     if w:
         lines.append(f"Upstream through the signed webhook ({w['requests']:,} requests, {w['senders']} senders): "
                      f"{w['rate']:,}/s, p50 {w['p50_ms']} / p99 {w['p99_ms']} ms.")
