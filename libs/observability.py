@@ -37,6 +37,22 @@ HANDLER_ERRORS = Counter("closeloop_handler_errors_total", "Failures while handl
                          ["component", "error"])
 HTTP_SECONDS = Histogram("closeloop_http_request_seconds", "HTTP request latency", ["method", "route", "status"],
                          buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
+ACCESS_REFUSED = Counter("closeloop_access_refused_total", "Requests refused by access control",
+                         ["status", "code"])
+refusal_log = logging.getLogger("closeloop.access.refused")
+
+
+def log_refusal(scope: MutableMapping[str, Any], *, status: int, code: str, reason: str, route: str,
+                actor: str | None, role: str | None, token_id: str | None = None, field: str | None = None) -> None:
+    """One structured JSON line per refused request (who, in which role, on which route, why), and a count."""
+    ACCESS_REFUSED.labels(str(status), code).inc()
+    refusal_log.warning("access refused: %s %s by %s (%s): %s", scope.get("method"), scope.get("path"),
+                        actor or "anonymous", role or "-", reason, extra={"fields": {
+                            "event": "access_refused", "status": status, "code": code, "actor": actor,
+                            "role": role, "token_id": token_id, "method": scope.get("method"),
+                            "path": scope.get("path"), "route": route, "field": field, "reason": reason}})
+
+
 TIMERS_FIRED = Counter("closeloop_timers_fired_total", "Durable timers fired", ["kind"])
 
 

@@ -28,6 +28,9 @@ class JsonFormatter(logging.Formatter):
             out["correlation_id"] = cid
         if SERVICE_NAME:
             out["service"] = SERVICE_NAME
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):  # structured fields of the line (log.info(..., extra={"fields": {...}}))
+            out.update({k: v for k, v in fields.items() if k not in out})
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(out).decode()

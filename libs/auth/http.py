@@ -32,6 +32,7 @@ from http.cookies import CookieError, SimpleCookie
 from typing import Any
 from urllib.parse import parse_qsl, quote
 
+import orjson
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.routing import APIRoute, iter_route_contexts
@@ -43,9 +44,11 @@ from libs.auth.policy import READ_METHODS, AccessTable, Entry, Open, Own, Partie
 from libs.auth.roles import PARTIES
 from libs.auth.tokens import Principal, TokenRefused, TokenStore, ensure_schema
 from libs.http.errors import error_body
+from libs.observability import log_refusal
 
 log = logging.getLogger("closeloop.auth")
 PRINCIPAL_KEY = "closeloop.principal"
+CLAIMED_KEY = "closeloop.claimed"  # who the request's token names, even when it is then refused (for the log)
 ALWAYS_OPEN: dict[str, Entry] = {
     "GET /healthz": Open("liveness: answers nothing but ok"),
     "GET /readyz": Open("readiness: progress counters only"),
@@ -150,6 +153,7 @@ class AccessGate:
             return
         refused = await self._admit(scope, route, route.entry, path_params)
         if refused is not None:
+            _log_refused(scope, route.key, refused)
             await refused(scope, receive, send)
             return
         await self.app(scope, receive, send)
@@ -174,12 +178,14 @@ class AccessGate:
                 raise TokenRefused("malformed", "the Authorization header must be 'Bearer <token>'")
             principal = await tokens.authenticate(token)
         except TokenRefused as exc:
+            scope[CLAIMED_KEY] = (exc.actor, exc.role, exc.token_id)
             if from_cookie and "text/html" in headers.get("accept", ""):
                 return _to_login(scope, exc.reason)  # an expired or revoked session: sign in again
             return _unauthorized(exc)
         except Exception as exc:  # the database is down or restarting: refuse, never let it through
             log.exception("token lookup failed")
             return _unavailable(f"the token store is unavailable: {type(exc).__name__}")
+        scope[CLAIMED_KEY] = (principal.actor, principal.role, principal.token_id)
         for header, value in (("X-Actor", principal.actor), ("X-Role", principal.role)):
             claimed = headers.get(header.lower())
             if claimed is not None and claimed != value:
@@ -230,6 +236,23 @@ class AccessGate:
             return _not_found(own.thing, value)
         return _forbidden("X-Actor", f"only the {own.thing}'s own {role} may {route.key}; the token's actor "
                                      f"{actor!r} is not")
+
+
+def _log_refused(scope: Scope, route: str, response: JSONResponse | RedirectResponse) -> None:
+    """The gate's refusal as one structured log line: its status, code, rule and field from the body it sends
+    (a browser sent to sign in: the reason its session was refused, if it had one)."""
+    if response.status_code >= 500:
+        return  # not a refusal: the service cannot decide (logged where it failed)
+    if isinstance(response, RedirectResponse):
+        actor, role, token_id = scope.get(CLAIMED_KEY) or (None, None, None)
+        log_refusal(scope, status=response.status_code, code="sign_in", reason="no valid session: sent to sign in",
+                    route=route, actor=actor, role=role, token_id=token_id, field="Cookie")
+        return
+    error = orjson.loads(bytes(response.body)).get("error", {})
+    fields = error.get("details", {}).get("fields") or [{}]
+    actor, role, token_id = scope.get(CLAIMED_KEY) or (None, None, None)
+    log_refusal(scope, status=response.status_code, code=error.get("code", ""), reason=error.get("message", ""),
+                route=route, actor=actor, role=role, token_id=token_id, field=fields[0].get("field"))
 
 
 def _routes(app: FastAPI) -> list[tuple[str, str]]:

@@ -42,11 +42,14 @@ RefusalReason = Literal["missing", "malformed", "unknown", "expired", "revoked"]
 class TokenRefused(Exception):
     """The request's token does not authenticate anyone (HTTP 401); `reason` says why."""
 
-    def __init__(self, reason: RefusalReason, message: str, token_id: str | None = None) -> None:
+    def __init__(self, reason: RefusalReason, message: str, token_id: str | None = None, *,
+                 actor: str | None = None, role: str | None = None) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
         self.token_id = token_id
+        self.actor = actor  # whose token it was (revoked, expired), for the log of refusals; never in the body
+        self.role = role
 
 
 class UnknownToken(LookupError):
@@ -197,8 +200,8 @@ class TokenStore:
             raise TokenRefused("unknown", "unknown bearer token (never issued, or issued under another secret key)")
         if row["revoked_at"] is not None:
             raise TokenRefused("revoked", f"token {row['token_id']} was revoked at {row['revoked_at'].isoformat()}",
-                               row["token_id"])
+                               row["token_id"], actor=row["actor"], role=row["role"])
         if row["expired"]:
             raise TokenRefused("expired", f"token {row['token_id']} expired at {row['expires_at'].isoformat()}",
-                               row["token_id"])
+                               row["token_id"], actor=row["actor"], role=row["role"])
         return Principal(actor=row["actor"], role=row["role"], token_id=row["token_id"], kind=row["kind"])

@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from libs.domain.errors import Conflict, DomainError, InvalidTransition, NotFound, RuleViolation
 from libs.domain.money import CurrencyMismatch
 from libs.eventstore import DuplicateEventId, IdempotencyKeyReused, WrongExpectedVersion
-from libs.observability import HANDLER_ERRORS
+from libs.observability import HANDLER_ERRORS, log_refusal
 
 log = logging.getLogger("closeloop.http")
 
@@ -53,9 +53,18 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body(exc.code, exc.message, **exc.details), status_code=409)
 
     @app.exception_handler(RuleViolation)
-    async def _rule(_: Request, exc: RuleViolation) -> JSONResponse:
+    async def _rule(request: Request, exc: RuleViolation) -> JSONResponse:
         # A rule about who may act (code "forbidden", e.g. only an approver decides) is a 403.
         status = 403 if exc.code == "forbidden" else 422
+        if status == 403:
+            from libs.auth.http import principal_of  # libs.auth.http imports this module
+
+            principal = principal_of(request.scope)
+            route = request.scope.get("route")
+            log_refusal(request.scope, status=403, code=exc.code, reason=exc.message, field=exc.field,
+                        route=f"{request.method} {getattr(route, 'path', request.url.path)}",
+                        actor=getattr(principal, "actor", None), role=getattr(principal, "role", None),
+                        token_id=getattr(principal, "token_id", None))
         return JSONResponse(error_body(exc.code, exc.message, fields=[{"field": exc.field, "rule": exc.rule}]),
                             status_code=status)
 
