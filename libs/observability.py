@@ -37,6 +37,8 @@ HANDLER_ERRORS = Counter("closeloop_handler_errors_total", "Failures while handl
                          ["component", "error"])
 HTTP_SECONDS = Histogram("closeloop_http_request_seconds", "HTTP request latency", ["method", "route", "status"],
                          buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
+DEAD_LETTERS = Counter("closeloop_dead_letters_total", "Messages a consumer set aside (dead-lettered)",
+                       ["consumer", "reason"])
 ACCESS_REFUSED = Counter("closeloop_access_refused_total", "Requests refused by access control",
                          ["status", "code"])
 refusal_log = logging.getLogger("closeloop.access.refused")

@@ -60,4 +60,7 @@ STREAM_TOPICS: dict[str, str] = {
     "discrepancy": PROJECTOR_EVENTS,  # a discrepancy it found, and its lifecycle
 }
 
-TOPICS: list[str] = sorted({*STREAM_TOPICS.values(), PAYMENTS_UPSTREAM, CARRIER_TRACKING})
+# Messages a consumer could not process, with why and where from in dlq-* headers (libs/messaging/deadletter.py).
+DEAD_LETTERS = "deadletters"
+
+TOPICS: list[str] = sorted({*STREAM_TOPICS.values(), PAYMENTS_UPSTREAM, CARRIER_TRACKING, DEAD_LETTERS})

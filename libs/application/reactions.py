@@ -17,10 +17,11 @@ import asyncpg
 from pydantic import ValidationError
 
 from libs.application.unit_of_work import CommandContext, UnitOfWork
-from libs.domain.errors import DomainError
+from libs.domain.errors import DomainError, NotFound
 from libs.domain.events import DomainEvent, UnknownEventType, registry
 from libs.eventstore import EventStore
 from libs.messaging.consumer import TRANSIENT
+from libs.messaging.deadletter import record_envelope
 from libs.messaging.envelope import EventEnvelope
 from libs.observability import HANDLER_ERRORS
 
@@ -50,6 +51,12 @@ class Reactions:
                     uow = UnitOfWork(self.store, conn, ctx)
                     await self.reaction(uow, event)
                     await uow.flush()
+            except NotFound as exc:
+                # An event about an aggregate this service does not have: dead-letter it (re-drivable once
+                # the aggregate exists), rather than drop it as if the domain had refused it.
+                HANDLER_ERRORS.labels(self.actor, "NotFound").inc()
+                self.dead_lettered += 1
+                await record_envelope(conn, self.actor, e, "unknown_aggregate", f"NotFound: {exc}")
             except (DomainError, ValidationError) as exc:
                 log.warning("%s: %s %s refused: %s", self.actor, e.event_type, e.event_id, exc)
                 HANDLER_ERRORS.labels(self.actor, type(exc).__name__).inc()
@@ -62,9 +69,4 @@ class Reactions:
                 log.exception("%s: %s %s failed; dead-lettered", self.actor, e.event_type, e.event_id)
                 HANDLER_ERRORS.labels(self.actor, type(exc).__name__).inc()
                 self.dead_lettered += 1
-                await conn.execute(
-                    """INSERT INTO dead_letters (consumer, event_id, stream_id, stream_version, event_type, reason,
-                                                 envelope)
-                       VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (consumer, event_id) DO NOTHING""",
-                    self.actor, e.event_id, e.stream_id, e.stream_version, e.event_type,
-                    f"{type(exc).__name__}: {exc}"[:1000], e.model_dump(mode="json"))
+                await record_envelope(conn, self.actor, e, "handler_error", f"{type(exc).__name__}: {exc}")

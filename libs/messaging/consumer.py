@@ -11,15 +11,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+from pydantic import ValidationError
 
+from libs.domain.events import UnknownEventType, UnsupportedSchemaVersion, registry
 from libs.eventstore import WrongExpectedVersion
 from libs.messaging import envelope as env
+from libs.messaging.deadletter import (
+    Batch,
+    DeadLetterPublisher,
+    Source,
+    current_batch,
+    mark_redriven,
+    publish_dead_letters,
+    reason_code,
+    record,
+    record_envelope,
+    redrive_target,
+)
 from libs.messaging.inbox import claim, save_offsets
 from libs.observability import (
     CONSUMER_BATCH_SECONDS,
@@ -39,6 +54,10 @@ TRANSIENT = (WrongExpectedVersion, asyncpg.PostgresConnectionError, asyncpg.Inte
 
 Handler = Callable[[asyncpg.Connection, list[env.EventEnvelope]], Awaitable[Any]]
 
+# A message above this many bytes is dead-lettered unread (reason `oversized`): no event is that large,
+# and decoding it would hold the whole batch. CLOSELOOP_MAX_EVENT_BYTES overrides it.
+MAX_EVENT_BYTES = int(os.environ.get("CLOSELOOP_MAX_EVENT_BYTES", str(2 * 1024 * 1024)))
+
 
 @dataclass
 class ConsumerStats:
@@ -52,13 +71,21 @@ class ConsumerStats:
 
 
 class EnvelopeBatchConsumer:
+    """`check_events`: dead-letter, before the handler sees them, events whose type this code does not
+    know, whose schema version is from the future or whose payload does not validate (the projector
+    does it itself, per projection)."""
+
     def __init__(self, pool: asyncpg.Pool, name: str, handler: Handler, *,
-                 after_commit: Callable[[list[env.EventEnvelope]], Awaitable[None]] | None = None) -> None:
+                 after_commit: Callable[[list[env.EventEnvelope]], Awaitable[None]] | None = None,
+                 check_events: bool = True, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
         self.pool = pool
         self.name = name
         self.handler = handler
         self.after_commit = after_commit
+        self.check_events = check_events
+        self.max_event_bytes = max_event_bytes
         self.stats = ConsumerStats()
+        self.dead_letters: DeadLetterPublisher | None = None  # libs.messaging.deadletter.attach
 
     async def process_records(self, records: Sequence[Any]) -> list[env.EventEnvelope]:
         """records: aiokafka ConsumerRecords (value bytes, topic, partition, offset).
@@ -66,18 +93,30 @@ class EnvelopeBatchConsumer:
         started = time.perf_counter()
         envelopes: list[env.EventEnvelope] = []
         offsets: dict[tuple[str, int], int] = {}
+        batch = Batch(self.name)
+        poison: list[tuple[Source, str, str]] = []
         for rec in records:
             offsets[(rec.topic, rec.partition)] = max(offsets.get((rec.topic, rec.partition), 0), rec.offset + 1)
+            target = redrive_target(rec)
+            if target is not None and target != self.name:
+                continue  # a dead letter re-driven for another consumer group of this topic
+            source = Source.of(rec)
+            if len(source.value) > self.max_event_bytes:
+                poison.append((source, "oversized", f"message of {len(source.value)} bytes, above the limit of "
+                                                    f"{self.max_event_bytes} (CLOSELOOP_MAX_EVENT_BYTES)"))
+                continue
             try:
-                envelopes.append(env.decode(rec.value))
+                e = env.decode(source.value)
             except Exception as exc:  # a poison message must not stop the consumer
                 self.stats.undecodable += 1
-                log.error("%s: undecodable message at %s/%s@%s: %s", self.name, rec.topic, rec.partition,
-                          rec.offset, exc)
+                poison.append((source, "undecodable", f"{type(exc).__name__}: {exc}"))
+                continue
+            batch.sources[e.event_id] = source
+            envelopes.append(e)
         attempt = 0
         while True:
             try:
-                applied = await self.process(envelopes, offsets)
+                applied = await self.process(envelopes, offsets, batch=batch, poison=poison)
                 break
             except TRANSIENT as exc:
                 # Nothing was committed; try the same batch again. Acknowledging it instead
@@ -92,9 +131,31 @@ class EnvelopeBatchConsumer:
         CONSUMER_BATCH_SECONDS.labels(self.name).observe(self.stats.last_batch_seconds)
         return applied
 
-    async def process(self, envelopes: list[env.EventEnvelope],
-                      offsets: dict[tuple[str, int], int] | None = None) -> list[env.EventEnvelope]:
+    async def process(self, envelopes: list[env.EventEnvelope], offsets: dict[tuple[str, int], int] | None = None,
+                      *, batch: Batch | None = None,
+                      poison: Sequence[tuple[Source, str, str]] = ()) -> list[env.EventEnvelope]:
+        batch = Batch(self.name, dict(batch.sources) if batch else {})  # afresh for each attempt
+        token = current_batch.set(batch)
+        try:
+            fresh = await self._process(conn_batch=batch, envelopes=envelopes, offsets=offsets, poison=poison)
+        finally:
+            current_batch.reset(token)
+        batch.count()
+        if batch.recorded and self.dead_letters is not None:
+            self.dead_letters.pending = True
+        await publish_dead_letters(self.dead_letters)
+        return fresh
+
+    async def _process(self, *, conn_batch: Batch, envelopes: list[env.EventEnvelope],
+                       offsets: dict[tuple[str, int], int] | None,
+                       poison: Sequence[tuple[Source, str, str]]) -> list[env.EventEnvelope]:
+        redrives = {eid: s.redrive_id for eid, s in conn_batch.sources.items() if s.redrive_id is not None}
         async with self.pool.acquire() as conn, conn.transaction():
+            for source, code, reason in poison:
+                await record(conn, self.name, code, reason, source=source)
+            if redrives:  # a re-driven dead letter: forget that it was processed, and try it again
+                await conn.execute("DELETE FROM processed_events WHERE consumer = $1 AND event_id = ANY($2)",
+                                   self.name, list(redrives))
             new_ids = await claim(conn, self.name, [e.event_id for e in envelopes])
             fresh: list[env.EventEnvelope] = []
             seen: set = set()
@@ -102,8 +163,11 @@ class EnvelopeBatchConsumer:
                 if e.event_id in new_ids and e.event_id not in seen:
                     seen.add(e.event_id)
                     fresh.append(e)
-            if fresh:
-                await self.handler(conn, fresh)
+            readable = [e for e in fresh if not self.check_events or await self._readable(conn, e)]
+            if readable:
+                await self.handler(conn, readable)
+            done = [rid for eid, rid in redrives.items() if eid not in conn_batch.dead and rid is not None]
+            await mark_redriven(conn, done)
             if offsets:
                 await save_offsets(conn, self.name, [(t, p, o) for (t, p), o in offsets.items()])
         self.stats.batches += 1
@@ -117,6 +181,15 @@ class EnvelopeBatchConsumer:
         if fresh and self.after_commit is not None:
             await self.after_commit(fresh)
         return fresh
+
+    async def _readable(self, conn: asyncpg.Connection, e: env.EventEnvelope) -> bool:
+        """Whether this code can read the event; if not, it is dead-lettered (in the batch's transaction)."""
+        try:
+            registry.decode(e.event_type, e.schema_version, e.data)
+            return True
+        except (UnknownEventType, UnsupportedSchemaVersion, ValidationError) as exc:
+            await record_envelope(conn, self.name, e, reason_code(exc), f"{type(exc).__name__}: {exc}")
+            return False
 
 
 RETRY_FAILED_BATCH_SECONDS = 1.0

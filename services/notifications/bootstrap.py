@@ -21,6 +21,7 @@ from libs.eventstore import EventStore
 from libs.eventstore.migrate import migrate
 from libs.messaging.broker import consumer_options, make_broker
 from libs.messaging.consumer import EnvelopeBatchConsumer, consume_batch
+from libs.messaging.deadletter import attach as attach_dead_letters
 from libs.messaging.topics import ensure_topics
 from libs.runtime import serve, setup_logging
 from libs.settings import ServiceSettings
@@ -164,6 +165,7 @@ def build_broker(settings: NotificationsSettings, consumer: EnvelopeBatchConsume
         # batch acknowledged to Kafka (libs/messaging/consumer.py).
         await consume_batch(consumer, msg)
 
+    attach_dead_letters([consumer], broker)
     return broker
 
 

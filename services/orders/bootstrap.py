@@ -17,6 +17,7 @@ from libs.application.unit_of_work import CommandContext
 from libs.eventstore import EventStore
 from libs.messaging.broker import consumer_options, make_broker
 from libs.messaging.consumer import EnvelopeBatchConsumer, consume_batch
+from libs.messaging.deadletter import attach as attach_dead_letters
 from libs.messaging.topics import ensure_topics
 from libs.runtime import serve, setup_logging
 from libs.settings import ServiceSettings
@@ -60,6 +61,7 @@ def build_broker(settings: OrdersSettings, consumer: EnvelopeBatchConsumer) -> K
         # batch acknowledged to Kafka (libs/messaging/consumer.py).
         await consume_batch(consumer, msg)
 
+    attach_dead_letters([consumer], broker)
     return broker
 
 

@@ -25,6 +25,9 @@ from libs.eventstore import EventStore
 from libs.eventstore.migrate import migrate
 from libs.messaging.broker import consumer_options, make_broker
 from libs.messaging.consumer import EnvelopeBatchConsumer, consume_batch
+from libs.messaging.deadletter import DeadLetterPublisher, Source, mark_redriven, publish_dead_letters
+from libs.messaging.deadletter import attach as attach_dead_letters
+from libs.messaging.deadletter import record as record_dead_letter
 from libs.messaging.topics import ensure_topics
 from libs.observability import CONSUMER_EVENTS, HANDLER_ERRORS
 from libs.runtime import serve, setup_logging
@@ -96,6 +99,9 @@ def build_broker(settings: PaymentsSettings, ingestor: UpstreamIngestor, stats: 
                  consumer: EnvelopeBatchConsumer) -> KafkaBroker:
     broker = make_broker(settings, client_id="closeloop-payments")
     name = settings.instance_prefix + CONSUMER_GROUP
+    attach_dead_letters([consumer], broker)
+    # The upstream topic is consumed by the same group, without envelopes: its dead letters by hand.
+    publisher = DeadLetterPublisher(broker, lambda: ingestor.store.pool, name)
 
     @broker.subscriber(ORDERS_EVENTS, group_id=name, batch=True, max_records=200, batch_timeout_ms=20,
                        ack_policy=AckPolicy.MANUAL, title="payments consumes orders.events",
@@ -118,19 +124,21 @@ def build_broker(settings: PaymentsSettings, ingestor: UpstreamIngestor, stats: 
                 await ingest_one(record)
 
         async def ingest_one(record: Any) -> None:
+            source = Source.of(record)
             try:
                 outcome = await ingestor.ingest(record.value, via=ReceivedVia.KAFKA, signature_verified=False)
                 stats["duplicates" if outcome.duplicate else "stored"] += 1
                 CONSUMER_EVENTS.labels(name, "duplicate" if outcome.duplicate else "applied").inc()
+                if source.redrive_id is not None:
+                    async with ingestor.store.pool.acquire() as conn:
+                        await mark_redriven(conn, [source.redrive_id])
             except MalformedEvent as exc:
                 stats["malformed"] += 1
                 HANDLER_ERRORS.labels(name, "MalformedEvent").inc()
-                await ingestor.store.pool.execute(
-                    """INSERT INTO dead_letters (consumer, event_id, reason, envelope)
-                       VALUES ($1, gen_random_uuid(), $2, jsonb_build_object('topic', $3::text, 'partition', $4::int,
-                               'offset', $5::bigint, 'value', $6::text))""",
-                    name, f"malformed upstream event: {exc.message}", record.topic, record.partition, record.offset,
-                    record.value.decode("utf-8", "replace")[:100_000])
+                async with ingestor.store.pool.acquire() as conn:
+                    await record_dead_letter(conn, name, "invalid_payload", f"malformed upstream event: {exc.message}",
+                                             source=source, group=name)
+                publisher.pending = True
 
         by_partition: dict[tuple[str, int], list[Any]] = {}
         for record in msg.raw_message:
@@ -140,6 +148,7 @@ def build_broker(settings: PaymentsSettings, ingestor: UpstreamIngestor, stats: 
         if failed:
             raise failed[0]  # not acknowledged: the batch comes again, and what was stored is recognised
         await asyncio.wait_for(msg.ack(), 30)
+        await publish_dead_letters(publisher)
 
     return broker
 

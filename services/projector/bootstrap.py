@@ -20,6 +20,7 @@ from libs.eventstore import EventStore
 from libs.eventstore.migrate import migrate
 from libs.messaging.broker import consumer_options, make_broker
 from libs.messaging.consumer import EnvelopeBatchConsumer, consume_batch, raw_records
+from libs.messaging.deadletter import attach as attach_dead_letters
 from libs.messaging.topics import ensure_topics
 from libs.runtime import Background, serve, setup_logging
 from libs.settings import ServiceSettings
@@ -106,6 +107,7 @@ def build_broker(settings: ProjectorSettings, consumer: EnvelopeBatchConsumer,
         # batch acknowledged to Kafka (libs/messaging/consumer.py).
         await consume_batch(consumer, msg)
 
+    attach_dead_letters([consumer], broker)
     return broker
 
 
@@ -124,7 +126,8 @@ async def start(settings: ProjectorSettings) -> Projector:
     orders = OrdersProjection(store)
     facts = FactsProjection(store)
     consumer = EnvelopeBatchConsumer(store.pool, f"{settings.instance_prefix}{CONSUMER_GROUP}.{orders.name}",
-                                     functools.partial(live_apply, orders, facts))
+                                     functools.partial(live_apply, orders, facts),
+                                     check_events=False)  # each projection dead-letters what it cannot read
     reconciler = Reconciler(store)
     await reconciler.abandon_stale()
     daily = daily_reconciliation(settings, reconciler)

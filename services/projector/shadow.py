@@ -40,6 +40,7 @@ import orjson
 from libs.domain.events import registry
 from libs.eventstore import Cursor, EventStore
 from libs.eventstore.store import init_connection
+from libs.messaging.deadletter import record_envelope
 from services.projector.projections import facts
 from services.projector.projections import orders as orders_projection
 from services.projector.projections.common import StoredEvent, category_of
@@ -473,5 +474,21 @@ async def live_apply(orders: OrdersProjection, fact_rows: FactsProjection, conn:
                      envelopes: list[Any]) -> None:
     """The live consumer's handler: every projection in the batch's transaction, after SWAP_LOCK (shared)."""
     await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", SWAP_LOCK)
+    envelopes = await stored_only(conn, [e for e in envelopes if orders.handles(e) or fact_rows.handles(e)])
     await orders.apply(conn, envelopes)
     await fact_rows.apply(conn, envelopes)
+
+
+async def stored_only(conn: asyncpg.Connection, envelopes: list[Any]) -> list[Any]:
+    """The read models are folds of the event store: an event the store does not hold (published by something
+    other than the relay) is about an aggregate that does not exist here, and is dead-lettered."""
+    if not envelopes:
+        return []
+    stored = {r["event_id"] for r in await conn.fetch(
+        "SELECT event_id FROM events WHERE event_id = ANY($1::uuid[])", [e.event_id for e in envelopes])}
+    for e in envelopes:
+        if e.event_id not in stored:
+            await record_envelope(conn, "projector", e, "unknown_aggregate",
+                                  f"event {e.event_id} ({e.stream_id} v{e.stream_version}) is not in the event "
+                                  "store: no such aggregate")
+    return [e for e in envelopes if e.event_id in stored]

@@ -22,6 +22,7 @@ from libs.eventstore import EventStore
 from libs.eventstore.migrate import migrate
 from libs.messaging.broker import consumer_options, make_broker
 from libs.messaging.consumer import EnvelopeBatchConsumer, consume_batch
+from libs.messaging.deadletter import attach as attach_dead_letters
 from libs.messaging.topics import ensure_topics
 from libs.runtime import serve, setup_logging
 from libs.settings import ServiceSettings
@@ -127,6 +128,7 @@ def build_broker(settings: RmaSettings, consumer: EnvelopeBatchConsumer) -> Kafk
         # The effects, the processed ids and the offsets commit together; only then is the batch acked.
         await consume_batch(consumer, msg)
 
+    attach_dead_letters([consumer], broker)
     return broker
 
 

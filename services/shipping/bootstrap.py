@@ -24,6 +24,9 @@ from libs.eventstore import EventStore
 from libs.eventstore.migrate import migrate
 from libs.messaging.broker import consumer_options, make_broker
 from libs.messaging.consumer import EnvelopeBatchConsumer, consume_batch
+from libs.messaging.deadletter import DeadLetterPublisher, Source, mark_redriven, publish_dead_letters
+from libs.messaging.deadletter import attach as attach_dead_letters
+from libs.messaging.deadletter import record as record_dead_letter
 from libs.messaging.topics import ensure_topics
 from libs.observability import CONSUMER_EVENTS, HANDLER_ERRORS
 from libs.runtime import serve, setup_logging
@@ -128,11 +131,13 @@ def _header(record: Any, name: str) -> str | None:
     return None
 
 
-async def ingest_carrier_record(services: Services, record: Any, stats: dict[str, int], name: str) -> None:
+async def ingest_carrier_record(services: Services, record: Any, stats: dict[str, int], name: str) -> bool:
     """One message of `carrier.tracking`: its carrier from the `carrier` header or its shape. A payload
-    that cannot be used is dead-lettered (visible, re-drivable), never retried forever."""
+    that cannot be used is dead-lettered (visible, re-drivable), never retried forever. True when it was
+    dead-lettered."""
     body: bytes = record.value or b""
     carrier = _header(record, CARRIER_HEADER) or detect_carrier(body)
+    source = Source.of(record)
     try:
         if carrier is None:
             raise CarrierPayloadInvalid("unknown", [(CARRIER_HEADER, "no carrier header, and the shape is neither "
@@ -141,21 +146,25 @@ async def ingest_carrier_record(services: Services, record: Any, stats: dict[str
         await services.tracking.ingest(carrier, body, None, TrackingVia.KAFKA, correlation_id=key)
         stats["ingested"] += 1
         CONSUMER_EVENTS.labels(name, "applied").inc()
+        if source.redrive_id is not None:
+            async with services.store.pool.acquire() as conn:
+                await mark_redriven(conn, [source.redrive_id])
+        return False
     except CarrierPayloadInvalid as exc:
         stats["dead_lettered"] += 1
         HANDLER_ERRORS.labels(name, "CarrierPayloadInvalid").inc()
-        await services.store.pool.execute(
-            """INSERT INTO dead_letters (consumer, event_id, reason, envelope)
-               VALUES ($1, gen_random_uuid(), $2, jsonb_build_object('topic', $3::text, 'partition', $4::int,
-                       'offset', $5::bigint, 'value', $6::text))""",
-            name, exc.message[:1000], record.topic, record.partition, record.offset,
-            body.decode("utf-8", "replace")[:100_000])
+        async with services.store.pool.acquire() as conn:
+            await record_dead_letter(conn, name, "invalid_payload", exc.message, source=source, group=name)
+        return True
 
 
 def build_broker(settings: ShippingSettings, services: Services, consumer: EnvelopeBatchConsumer,
                  stats: dict[str, int]) -> KafkaBroker:
     broker = make_broker(settings, client_id="closeloop-shipping")
     name = settings.instance_prefix + CONSUMER_GROUP
+    attach_dead_letters([consumer], broker)
+    # The carriers' topic is consumed by the same group, without envelopes: its dead letters by hand.
+    publisher = DeadLetterPublisher(broker, services.store.pool, name)
 
     @broker.subscriber(RMA_EVENTS, group_id=name, batch=True, max_records=200, batch_timeout_ms=20,
                        ack_policy=AckPolicy.MANUAL, title="shipping consumes rma.events",
@@ -172,12 +181,14 @@ def build_broker(settings: ShippingSettings, services: Services, consumer: Envel
         # is fetched again.
         try:
             for record in msg.raw_message:
-                await ingest_carrier_record(services, record, stats, name)
+                if await ingest_carrier_record(services, record, stats, name):
+                    publisher.pending = True
         except Exception:
             await asyncio.sleep(1.0)
             await msg.nack()
             raise
         await asyncio.wait_for(msg.ack(), 30)
+        await publish_dead_letters(publisher)
 
     return broker
 

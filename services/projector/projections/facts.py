@@ -26,6 +26,7 @@ import asyncpg
 
 from libs.domain.events import registry
 from libs.eventstore import EventStore
+from libs.messaging.deadletter import record
 from libs.messaging.envelope import EventEnvelope
 from services.notifications.domain.events import NOTIFICATION_CATEGORY
 from services.payments.domain import events as pay
@@ -506,15 +507,14 @@ class FactsProjection:
             if error is not None:
                 dead.append((evs[-1], error))
         await self.write(conn, folded)
-        if dead:
-            await conn.executemany(
-                """INSERT INTO dead_letters (consumer, event_id, stream_id, stream_version, event_type, reason,
-                                             envelope)
-                   SELECT $1, e.event_id, e.stream_id, e.stream_version, e.event_type, $2, to_jsonb(e)
-                     FROM events e WHERE e.stream_id = $3 AND e.stream_version = $4
-                   ON CONFLICT (consumer, event_id) DO NOTHING""",
-                [(f"projection:{self.schema}.{self.name}", reason[:1000], e.stream_id, e.stream_version)
-                 for e, reason in dead])
+        for last, reason in dead:
+            row = await conn.fetchrow("SELECT event_id, event_type, to_jsonb(e) AS envelope FROM events e "
+                                      "WHERE stream_id = $1 AND stream_version = $2", last.stream_id,
+                                      last.stream_version)
+            if row is not None:
+                await record(conn, f"projection:{self.schema}.{self.name}", "invalid_payload", reason,
+                             envelope=row["envelope"], event_id=row["event_id"], stream_id=last.stream_id,
+                             stream_version=last.stream_version, event_type=row["event_type"])
         # The version each stream was folded to, as the store holds it: a message for a stream the
         # store does not have (published by something else than the relay) is not counted as applied.
         applied = {sid: evs[-1].stream_version for sid, evs in streams.items()

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from libs.domain.events import DomainEvent, UnknownEventType, UnsupportedSchemaVersion, registry
 from libs.eventstore import EventStore, RecordedEvent
+from libs.messaging.deadletter import reason_code, record_envelope
 from libs.messaging.envelope import EventEnvelope
 from services.orders.domain import events as ev
 from services.orders.domain.events import BillStatus, OrderStatus
@@ -190,6 +191,7 @@ class OrdersProjection:
         self._order_upsert = upsert_sql(self.t_orders, ORDER_COLUMNS, ["order_id"])
         self._bill_upsert = upsert_sql(self.t_bills, BILL_COLUMNS, ["bill_id"])
         self.dead_lettered = 0
+        self.dead_letter_consumer = f"projection:{schema}.{name}"
 
     @staticmethod
     def handles(e: EventEnvelope) -> bool:
@@ -225,16 +227,17 @@ class OrdersProjection:
         # future, a payload the model rejects) is dead-lettered, not allowed to stall the
         # partition; the read model then lacks its effect, which reconciliation reports.
         decoded: list[tuple[EventEnvelope, DomainEvent]] = []
-        dead: list[tuple[EventEnvelope, str]] = []
+        dead: list[tuple[EventEnvelope, str, str]] = []
         for e in ordered:
             try:
                 event = registry.decode(e.event_type, e.schema_version, e.data)
             except (UnknownEventType, UnsupportedSchemaVersion, ValidationError) as exc:
-                dead.append((e, f"{type(exc).__name__}: {exc}"))
+                dead.append((e, reason_code(exc), f"{type(exc).__name__}: {exc}"))
                 continue
             expected = ev.OrderEvent if e.stream_id.startswith("order-") else ev.BillEvent
             if not isinstance(event, expected):
-                dead.append((e, f"{e.event_type} is not an event of a {expected.__name__[:-5].lower()} stream"))
+                dead.append((e, "invalid_payload",
+                             f"{e.event_type} is not an event of a {expected.__name__[:-5].lower()} stream"))
                 continue
             decoded.append((e, event))
         order_ids = sorted({x.order_id for _, x in decoded if isinstance(x, ev.OrderEvent)})
@@ -254,14 +257,9 @@ class OrdersProjection:
             await conn.executemany(self._order_upsert, [tuple(orders[o][c] for c in ORDER_COLUMNS) for o in order_ids])
         if bill_ids:
             await conn.executemany(self._bill_upsert, [tuple(bills[b][c] for c in BILL_COLUMNS) for b in bill_ids])
-        if dead:
-            await conn.executemany(
-                """INSERT INTO dead_letters
-                       (consumer, event_id, stream_id, stream_version, event_type, reason, envelope)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (consumer, event_id) DO NOTHING""",
-                [(f"projection:{self.schema}.{self.name}", e.event_id, e.stream_id, e.stream_version, e.event_type,
-                  reason[:1000], e.model_dump(mode="json")) for e, reason in dead])
-            self.dead_lettered += len(dead)
+        for e, code, reason in dead:
+            await record_envelope(conn, self.dead_letter_consumer, e, code, reason)
+        self.dead_lettered += len(dead)
         await conn.executemany(
             f"""INSERT INTO {self.t_history} (event_id, order_id, stream_id, stream_version, global_position,
                     event_type, recorded_at, actor, role, correlation_id, data)
