@@ -28,7 +28,7 @@ def version() -> None:
 
 
 # Each module defines `register(app)`, adding its commands or a sub-app (group).
-MODULES = ("libs.cli.audit", "libs.cli.tokens", "libs.cli.reconcile", "libs.cli.dev")
+MODULES = ("libs.cli.audit", "libs.cli.tokens", "libs.cli.reconcile", "libs.cli.dev", "libs.cli.deadletters")
 
 
 def _load() -> None:

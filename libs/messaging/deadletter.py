@@ -75,7 +75,8 @@ class Source:
 
 
 def headers_of(record: Any) -> dict[str, str]:
-    return {k: bytes(v).decode("utf-8", "replace") for k, v in (getattr(record, "headers", None) or ()) if v is not None}
+    headers = getattr(record, "headers", None) or ()
+    return {k: bytes(v).decode("utf-8", "replace") for k, v in headers if v is not None}
 
 
 def redrive_target(record: Any) -> str | None:
