@@ -64,10 +64,11 @@ def _status(row: dict[str, Any]) -> str:
     return "failed" if row["redrive_count"] else "open"
 
 
-def _where(consumer: str | None, reason: str | None, ids: list[int] | None, everything: bool) -> tuple[str, list]:
+def _where(consumer: str | None, reason: str | None, ids: list[int] | None, everything: bool) -> tuple[str, list[Any]]:
     if reason is not None and reason not in REASONS:
         raise CliError(f"--reason {reason!r}: one of {', '.join(REASONS)}")
-    clauses, args = [], []
+    clauses: list[str] = []
+    args: list[Any] = []
     if not everything:
         clauses.append("resolved_at IS NULL")
     if consumer:
