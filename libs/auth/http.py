@@ -93,8 +93,10 @@ def _forbidden(field: str, rule: str, **details: Any) -> JSONResponse:
     return JSONResponse(error_body("forbidden", rule, fields=_fields(field, rule), **details), status_code=403)
 
 
-def _not_found(thing: str, value: str) -> JSONResponse:
-    return JSONResponse(error_body("not_found", f"{thing} {value} not found", id=value), status_code=404)
+def _not_found(thing: str, value: str, field: str) -> JSONResponse:
+    # The same body as the service's own NotFound for a missing one (libs/http/errors.py names the parameter).
+    message = f"{thing} {value} not found"
+    return JSONResponse(error_body("not_found", message, id=value, fields=_fields(field, message)), status_code=404)
 
 
 def session_token(headers: dict[str, str]) -> str | None:
@@ -233,7 +235,7 @@ class AccessGate:
         if mine:
             return None
         if reading:  # someone else's looks exactly like nothing at all
-            return _not_found(own.thing, value)
+            return _not_found(own.thing, value, name)
         return _forbidden("X-Actor", f"only the {own.thing}'s own {role} may {route.key}; the token's actor "
                                      f"{actor!r} is not")
 

@@ -15,6 +15,7 @@ from fastapi import Depends, Header, HTTPException, Request
 from libs.application.unit_of_work import CommandContext, request_fingerprint
 from libs.auth.http import principal_of
 from libs.auth.roles import Role
+from libs.domain.errors import RuleViolation
 from libs.observability import correlation_id
 
 __all__ = ["Ctx", "Role", "command_context"]
@@ -37,7 +38,7 @@ async def command_context(
     if if_match is not None:
         raw = if_match.strip().strip("W/").strip('"')
         if not raw.isdigit():
-            raise HTTPException(422, 'If-Match must be the expected version number, e.g. "3"')
+            raise RuleViolation("If-Match", 'must be the expected version number, e.g. "3"')
         expected = int(raw)
     body: Any = await request.body()
     correlation = x_correlation_id or correlation_id.get() or str(uuid.uuid4())

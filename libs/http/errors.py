@@ -8,6 +8,7 @@ Every error body has the same shape:
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import asyncpg
@@ -28,6 +29,40 @@ def error_body(code: str, message: str, **details: Any) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "details": details}}
 
 
+# The field a 4xx without a more precise one is about, by status: every client error names a field and a rule.
+_STATUS_FIELD = {400: "body", 401: "Authorization", 403: "X-Role", 404: "path", 405: "method", 406: "Accept",
+                 409: "state", 413: "body", 415: "Content-Type", 422: "body", 429: "request"}
+_FIELD_PREFIX = re.compile(r"^([A-Za-z_][\w.\-\[\]]*): (.+)$", re.S)
+
+
+def fields_of(request: Request, status: int, message: str, details: dict[str, Any] | None = None,
+              field: str | None = None) -> list[dict[str, str]]:
+    """The `fields` of an error body that has none yet: `field` if given; else the parameter a message of the
+    form "name: rule" names; else the path parameter whose value the message quotes (a 404's id); else the
+    part of the request the status is about."""
+    if details and details.get("fields"):
+        return list(details["fields"])
+    rule = message
+    if field is None:
+        m = _FIELD_PREFIX.match(message)
+        params = {**request.path_params, **request.query_params}
+        if m and (m.group(1) in params or m.group(1).split(".")[0] in ("body", *params)):
+            field, rule = m.group(1), m.group(2)
+    if field is None:
+        for name, value in request.path_params.items():
+            if str(value) and str(value) in message:
+                field = name
+                break
+    if field is None and status == 404 and request.path_params:
+        field = next(iter(request.path_params))
+    return [{"field": field or _STATUS_FIELD.get(status, "request"), "rule": rule}]
+
+
+def _with_fields(request: Request, status: int, code: str, message: str, details: dict[str, Any],
+                 field: str | None = None) -> dict[str, Any]:
+    return error_body(code, message, **{**details, "fields": fields_of(request, status, message, details, field)})
+
+
 def _field_path(loc: tuple[Any, ...]) -> str:
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
     out = ""
@@ -37,6 +72,10 @@ def _field_path(loc: tuple[Any, ...]) -> str:
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    from libs.http.guard import install_request_guard
+
+    install_request_guard(app)  # body size, media type and JSON shape, before any route reads the body
+
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         fields = [
@@ -49,8 +88,8 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(InvalidTransition)
-    async def _transition(_: Request, exc: InvalidTransition) -> JSONResponse:
-        return JSONResponse(error_body(exc.code, exc.message, **exc.details), status_code=409)
+    async def _transition(request: Request, exc: InvalidTransition) -> JSONResponse:
+        return JSONResponse(_with_fields(request, 409, exc.code, exc.message, exc.details, "state"), status_code=409)
 
     @app.exception_handler(RuleViolation)
     async def _rule(request: Request, exc: RuleViolation) -> JSONResponse:
@@ -75,16 +114,18 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(NotFound)
-    async def _not_found(_: Request, exc: NotFound) -> JSONResponse:
-        return JSONResponse(error_body(exc.code, exc.message, **exc.details), status_code=404)
+    async def _not_found(request: Request, exc: NotFound) -> JSONResponse:
+        return JSONResponse(_with_fields(request, 404, exc.code, exc.message, exc.details), status_code=404)
 
     @app.exception_handler(Conflict)
-    async def _conflict(_: Request, exc: Conflict) -> JSONResponse:
-        return JSONResponse(error_body(exc.code, exc.message, **exc.details), status_code=409)
+    async def _conflict(request: Request, exc: Conflict) -> JSONResponse:
+        named = next((k for k in exc.details if k != "fields"), None)
+        return JSONResponse(_with_fields(request, 409, exc.code, exc.message, exc.details, named or "state"),
+                            status_code=409)
 
     @app.exception_handler(DomainError)
-    async def _domain(_: Request, exc: DomainError) -> JSONResponse:
-        return JSONResponse(error_body(exc.code, exc.message, **exc.details), status_code=422)
+    async def _domain(request: Request, exc: DomainError) -> JSONResponse:
+        return JSONResponse(_with_fields(request, 422, exc.code, exc.message, exc.details), status_code=422)
 
     @app.exception_handler(WrongExpectedVersion)
     async def _version(_: Request, exc: WrongExpectedVersion) -> JSONResponse:
@@ -95,6 +136,7 @@ def install_error_handlers(app: FastAPI) -> None:
                 stream_id=exc.stream_id,
                 expected_version=exc.expected,
                 current_version=exc.actual,
+                fields=[{"field": "If-Match", "rule": f"the current version is {exc.actual}, not {exc.expected}"}],
             ),
             status_code=409,
         )
@@ -112,13 +154,15 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(DuplicateEventId)
     async def _dup(_: Request, exc: DuplicateEventId) -> JSONResponse:
-        return JSONResponse(error_body("duplicate_event", str(exc)), status_code=409)
+        return JSONResponse(error_body("duplicate_event", str(exc), fields=[{"field": "event_id", "rule": str(exc)}]),
+                            status_code=409)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else "error"
+        extra = {"fields": fields_of(request, exc.status_code, detail)} if 400 <= exc.status_code < 500 else {}
         return JSONResponse(
-            error_body(f"http_{exc.status_code}", detail),
+            error_body(f"http_{exc.status_code}", detail, **extra),
             status_code=exc.status_code,
             headers=getattr(exc, "headers", None),
         )

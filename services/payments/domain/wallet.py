@@ -494,7 +494,7 @@ class Wallet(Aggregate):
                 raise Conflict(f"top-up {reference!r} was already recorded for {self._money(existing.paid_in)}, "
                                f"not {paid_in}", reference=reference)
             return
-        self._require_amount("paid_in", paid_in)
+        self._require_amount("amount", paid_in)  # the field the command and the API call it
         if policy.currency != self.currency:
             raise RuleViolation("policy.currency", f"the policy is in {policy.currency}, the wallet in {self.currency}")
         tier = policy.tier_for(paid_in)
