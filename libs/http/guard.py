@@ -7,9 +7,10 @@ For POST, PUT and PATCH (pure ASGI, so it also covers routes that read the raw b
   body passes the limit;
 - media type: a route that declares its request body in the OpenAPI document takes only those media types;
   another one is 415 naming Content-Type and the types it takes;
-- JSON: it must parse (strict RFC 8259: no NaN, no lone surrogates), nest at most MAX_DEPTH levels and hold
-  no NUL character in any string or key (PostgreSQL text cannot store one); otherwise 422 naming the field
-  (its JSON path) and the rule.
+- JSON, for a route that declares a JSON body: it must parse (strict RFC 8259: no NaN, no lone surrogates),
+  nest at most 32 levels and hold no NUL character in any string or key (PostgreSQL text cannot
+  store one); otherwise 422 naming the field (its JSON path) and the rule. A route that reads its raw body
+  (a webhook: its signature covers the bytes) checks it itself, with the same rules (`find_bad_json`).
 
 The body is then handed to the app unchanged, byte for byte (a webhook's signature covers those bytes).
 """
@@ -25,9 +26,10 @@ from fastapi.responses import JSONResponse
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from libs.domain.json_input import find_bad_json
+
 MAX_JSON_BODY_BYTES = int(os.environ.get("CLOSELOOP_MAX_JSON_BODY_BYTES", str(1024 * 1024)))
 MAX_BODY_BYTES = int(os.environ.get("CLOSELOOP_MAX_BODY_BYTES", str(32 * 1024 * 1024)))
-MAX_DEPTH = 32
 WITH_BODY = ("POST", "PUT", "PATCH")
 
 
@@ -43,27 +45,6 @@ def _media_type(headers: dict[str, str]) -> str:
 
 def _is_json(media_type: str) -> bool:
     return media_type == "application/json" or media_type.endswith("+json")
-
-
-def find_bad_json(value: Any, path: str = "body", depth: int = 0) -> tuple[str, str] | None:
-    """(field, rule) of the first part of a parsed JSON body the services refuse, or None."""
-    if depth > MAX_DEPTH:
-        return path, f"nested deeper than {MAX_DEPTH} levels"
-    if isinstance(value, str):
-        return (path, "must not contain a NUL character (\\u0000)") if "\x00" in value else None
-    if isinstance(value, dict):
-        for k, v in value.items():
-            if "\x00" in k:
-                return path, "a key must not contain a NUL character (\\u0000)"
-            found = find_bad_json(v, f"{path}.{k}" if path != "body" else k, depth + 1)
-            if found:
-                return found
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            found = find_bad_json(v, f"{path}[{i}]", depth + 1)
-            if found:
-                return found
-    return None
 
 
 class RequestGuard:
@@ -135,7 +116,7 @@ class RequestGuard:
             return _error(415, "unsupported_media_type", "Content-Type",
                           f"must be {' or '.join(sorted(declared))}, not {media or 'missing'}",
                           accepted=sorted(declared))
-        if body and _is_json(media):
+        if body and declared is not None and _is_json(media):  # (a route reading its raw body checks it itself)
             try:
                 parsed = orjson.loads(body)
             except orjson.JSONDecodeError as exc:

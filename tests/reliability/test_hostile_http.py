@@ -232,6 +232,28 @@ async def test_a_signed_stripe_event_replayed_after_the_tolerance_window_is_refu
     assert r.status_code in (400, 401)
 
 
+async def test_a_signed_webhook_body_the_store_cannot_keep_is_400_naming_the_field(stack: Any,
+                                                                                raw: httpx.AsyncClient) -> None:
+    """The webhook reads its raw body (its signature covers the bytes): it applies the guard's rules itself."""
+    from libs.devstack.stripe import charge_succeeded
+    from services.payments.domain.signature import sign
+    from tests.e2e.conftest import WEBHOOK_SECRET
+
+    url = f"{stack.url('payments')}/webhooks/stripe"
+    event = charge_succeeded(f"o-odd-{uuid.uuid4().hex[:8]}", 1000)
+    good = orjson.dumps(event)
+    for payload, field in [(good.replace(b'"object":"event"', rb'"object":"event","note":"a\u0000b"'), "note"),
+                           (good.replace(b'"object":"event"', rb'"object":"event","note":"\udc00"'), "note"),
+                           (good[:-1] + b',"deep":' + b"[" * 40 + b"]" * 40 + b"}", "deep"),
+                           (good[:-1] + b',"deeper":' + b"[" * 100_000 + b"]" * 100_000 + b"}", "body")]:
+        r = await raw.post(url, content=payload, headers={"Stripe-Signature": sign(payload, WEBHOOK_SECRET,
+                                                                                   int(time.time())),
+                                                          "Content-Type": "application/json"})
+        assert r.status_code == 400 and any(f.startswith(field) for f in fields(r)), (payload[-80:], r.text[:300])
+    async with asyncpg_connect(stack.pg_dsn) as conn:
+        assert await conn.fetchval("SELECT count(*) FROM events WHERE data::text LIKE $1", f"%{event['id']}%") == 0
+
+
 async def count_events(pg_dsn: str, actor: str | None = None) -> int:
     async with asyncpg_connect(pg_dsn) as conn:
         if actor is None:

@@ -29,6 +29,7 @@ from typing import Annotated, Any, Literal, cast
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, StrictInt, ValidationError
 
 from libs.domain.errors import RuleViolation
+from libs.domain.json_input import loads_checked
 from libs.domain.money import CURRENCY_EXPONENTS, Money
 from services.payments.domain.upstream_events import (
     OrderRef,
@@ -341,10 +342,12 @@ def parse_event(raw: bytes | str | Mapping[str, Any]) -> StripeEvent:
         raw = text
     if isinstance(raw, str):
         try:
-            decoded = json.loads(raw)
+            decoded, bad = loads_checked(raw)
         except ValueError as exc:
             raise MalformedEvent("body", f"is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
                                  if isinstance(exc, json.JSONDecodeError) else "is not JSON") from None
+        if bad is not None:  # JSON the store cannot keep (a NUL, a lone surrogate) or absurdly deep
+            raise MalformedEvent(*bad)
     else:
         decoded = raw
     if not isinstance(decoded, Mapping):

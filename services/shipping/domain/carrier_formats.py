@@ -50,6 +50,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from libs.domain.errors import DomainError
+from libs.domain.json_input import loads_checked
 from services.shipping.domain.carriers import LOCAL_TZ
 from services.shipping.domain.events import CarrierTrackingUpdate, TrackingStatus
 
@@ -133,10 +134,23 @@ def parse(carrier: str, body: bytes | str, content_type: str | None = None) -> l
     return parsers[carrier](body, content_type)
 
 
+def _loads(text: str, carrier: str) -> Any:
+    """The JSON document of a carrier payload, refused when it is not JSON or holds what the store cannot keep."""
+    try:
+        doc, bad = loads_checked(text)
+    except ValueError as exc:
+        raise CarrierPayloadInvalid(carrier, [("body", f"is not JSON: {exc}")]) from None
+    if bad is not None:
+        raise CarrierPayloadInvalid(carrier, [bad])
+    return doc
+
+
 def detect_carrier(body: bytes | str) -> str | None:
     """The carrier a Kafka message without a `carrier` header comes from, by its shape."""
     try:
         doc = json.loads(body)
+    except RecursionError:
+        return None
     except ValueError:
         text = body.decode("utf-8-sig", "replace") if isinstance(body, bytes) else body
         first = text.lstrip().split("\n", 1)[0]
@@ -218,10 +232,7 @@ def _iso_with_offset(value: Any, field: str, problems: _Problems, *, required: b
 
 def parse_globex(body: bytes | str, content_type: str | None = None) -> list[CarrierTrackingUpdate]:
     problems = _Problems("globex")
-    try:
-        doc = json.loads(_text(body, "globex"))
-    except ValueError as exc:
-        raise CarrierPayloadInvalid("globex", [("body", f"is not JSON: {exc}")]) from None
+    doc = _loads(_text(body, "globex"), "globex")
     if not isinstance(doc, dict) or not isinstance(doc.get("shipments"), list) or not doc["shipments"]:
         raise CarrierPayloadInvalid("globex", [("shipments", "is required: a non-empty array of shipments")])
     out: list[CarrierTrackingUpdate] = []
@@ -361,10 +372,7 @@ def parse_island(body: bytes | str, content_type: str | None = None) -> list[Car
 
 
 def _island_json(text: str) -> tuple[list[dict[str, Any]], list[str]]:
-    try:
-        doc = json.loads(text)
-    except ValueError as exc:
-        raise CarrierPayloadInvalid("island", [("body", f"is not JSON: {exc}")]) from None
+    doc = _loads(text, "island")
     prefix = "Data"
     if isinstance(doc, dict) and "Data" in doc:
         doc = doc["Data"]

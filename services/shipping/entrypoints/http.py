@@ -57,13 +57,19 @@ def _signature_ok(header: str | None, body: bytes, secrets: list[str]) -> bool:
     return any(hmac.compare_digest(header.strip(), sign_carrier_body(s, body)) for s in secrets)
 
 
+def _too_large(limit: int) -> JSONResponse:
+    rule = f"must be at most {limit} bytes"
+    return JSONResponse(error_body("payload_too_large", f"body over {limit} bytes",
+                                   fields=[{"field": "body", "rule": rule}]), status_code=413)
+
+
 async def _bounded_body(request: Request, limit: int) -> bytes | JSONResponse:
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        return JSONResponse(error_body("payload_too_large", f"body over {limit} bytes"), status_code=413)
+        return _too_large(limit)
     body = await request.body()
     if len(body) > limit:
-        return JSONResponse(error_body("payload_too_large", f"body over {limit} bytes"), status_code=413)
+        return _too_large(limit)
     return body
 
 
