@@ -7,8 +7,8 @@ does not allow is refused and records nothing; an allowed one moves only along t
 rebuilt from the recorded events equals the live one; and the money invariants hold (no negative amount
 anywhere, one currency per aggregate, refunded <= paid per tender, settled totals consistent).
 
-The number of examples is `CLOSELOOP_HYPOTHESIS_EXAMPLES` (the bounded `make test` uses the default 40;
-`make test-reliability` runs 400).
+The number of examples per machine: 40 in the bounded form (`make test`), 300 in the full one
+(`make test-reliability`); CLOSELOOP_HYPOTHESIS_EXAMPLES overrides both.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from services.payments.domain.events import TenderKind
 from services.shipping.domain.events import TrackingStatus, TrackingVia
 from services.shipping.domain.shipment import Shipment, Subject
 from services.shipping.domain.tracking import RANK, deciding_update
+from tests.reliability.conftest import FULL
 from tests.unit.orders import state as aggregate_state
 from tests.unit.orders import test_bill as bill_spec
 from tests.unit.orders import test_order_transitions as order_spec
@@ -44,7 +45,7 @@ from tests.unit.rma import test_rma_transitions as rma_spec
 from tests.unit.shipping import T0, update
 from tests.unit.shipping.test_shipments import request
 
-EXAMPLES = int(os.environ.get("CLOSELOOP_HYPOTHESIS_EXAMPLES", "40"))
+EXAMPLES = int(os.environ.get("CLOSELOOP_HYPOTHESIS_EXAMPLES", "300" if FULL else "40"))
 SETTINGS = settings(max_examples=EXAMPLES, stateful_step_count=25, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
