@@ -26,9 +26,10 @@ from libs.eventstore import EventStore
 from libs.http.context import Ctx
 from libs.http.errors import install_error_handlers
 from libs.runtime import JsonFormatter
-from tests.integration.test_access_gate import OWNERS, SECRET, _thing, build_app, token
+from tests.integration.test_access_gate import OWNERS, SECRET, _thing, build_app, token, tokens
 
 pytestmark = pytest.mark.integration
+_ = tokens  # the fixture: the gate test's token store
 
 
 class OnlyApprovers(RuleViolation):
@@ -50,13 +51,6 @@ def approvals_app(store: EventStore) -> FastAPI:
                                                                 own=Own.lookup_by("thing", "thing_id", _thing))},
                  SimpleNamespace(store=store, settings=SimpleNamespace(secret_key=SECRET)))
     return app
-
-
-@pytest.fixture(scope="module")
-async def tokens(store: EventStore) -> TokenStore:
-    t = TokenStore(store.pool, SECRET)
-    await t.ensure_schema()
-    return t
 
 
 class Lines:
@@ -100,21 +94,22 @@ async def test_every_refusal_by_the_gate_is_one_json_line_with_actor_role_route_
 
     assert (await http.get("/things/t-1", headers=mine)).status_code == 200  # admitted: no line
     cases = [
-        (http.get("/things/t-1"), 401, None, None, "GET /things/{thing_id}", "Authorization"),
-        (http.get("/things/t-1", headers={"Authorization": f"Bearer {issued.token}"}), 401, revoked_actor,
+        (lambda: http.get("/things/t-1"), 401, None, None, "GET /things/{thing_id}", "Authorization"),
+        (lambda: http.get("/things/t-1", headers={"Authorization": f"Bearer {issued.token}"}), 401, revoked_actor,
          "customer", "GET /things/{thing_id}", "Authorization"),
-        (http.get("/things/t-1", headers=theirs), 404, other, "customer", "GET /things/{thing_id}", None),
-        (http.post("/things/t-1/poke", headers=theirs), 403, other, "customer", "POST /things/{thing_id}/poke",
+        (lambda: http.get("/things/t-1", headers=theirs), 404, other, "customer", "GET /things/{thing_id}", "thing_id"),
+        (lambda: http.post("/things/t-1/poke", headers=theirs), 403, other, "customer", "POST /things/{thing_id}/poke",
          "X-Actor"),
-        (http.post("/things/t-1/poke", headers=auditor), 403, None, "auditor", "POST /things/{thing_id}/poke",
+        (lambda: http.post("/things/t-1/poke", headers=auditor), 403, None, "auditor", "POST /things/{thing_id}/poke",
          "X-Role"),
-        (http.get(f"/wallets/{owner}", headers=theirs), 404, other, "customer", "GET /wallets/{customer_id}", None),
-        (http.get("/things/t-1", headers={**mine, "X-Actor": other}), 403, owner, "customer",
+        (lambda: http.get(f"/wallets/{owner}", headers=theirs), 404, other, "customer", "GET /wallets/{customer_id}",
+         "customer_id"),
+        (lambda: http.get("/things/t-1", headers={**mine, "X-Actor": other}), 403, owner, "customer",
          "GET /things/{thing_id}", "X-Actor"),
     ]
     for request, status, actor, role, route, field in cases:
         before = len(log_lines())
-        r = await request
+        r = await request()
         assert r.status_code == status, r.text
         new = log_lines()[before:]
         assert len(new) == 1, (route, status, new)
