@@ -42,7 +42,7 @@ from libs.messaging.topics import topic_router
 from services.registry import STREAM_TOPICS
 from tests.integration.helpers import FakeRecord, interleave
 from tests.integration.test_reconciliation import Db, new_db
-from tests.reliability.conftest import FULL
+from tests.reliability.conftest import FULL, SUMMARY
 
 pytestmark = pytest.mark.integration
 _ = new_db  # the fixture (a fresh database per call)
@@ -221,6 +221,10 @@ async def test_duplicated_and_reordered_deliveries_give_exactly_what_a_clean_run
     assert {"transaction", "label", "shipment", "notification"} <= made, made
     assert all(sum(expected[t].values()) for t in ("rm_orders", "rm_transactions", "rm_shipments", "notifications",
                                                     "shipping_labels", "shipping_shipments")), expected.keys()
+    SUMMARY["duplicates and reordering"] = (
+        f"{len(source_ids)} source events, {sum(expected['events'].values())} made by {len(clean_stats)} consumers, "
+        f"{sum(a for a, _ in hostile_stats.values()) * 2} hostile deliveries; "
+        f"{len(expected)} tables compared")
     for table in sorted(set(expected) | set(got)):
         missing = expected.get(table, Counter()) - got.get(table, Counter())
         extra = got.get(table, Counter()) - expected.get(table, Counter())

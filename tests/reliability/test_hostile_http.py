@@ -27,7 +27,7 @@ from schemathesis.generation.modes import GenerationMode
 
 from libs.auth import Rule
 from tests.e2e.test_access import order_body, uid
-from tests.reliability.conftest import FULL
+from tests.reliability.conftest import FULL, SUMMARY
 from tests.support.auth import bearer
 
 pytestmark = pytest.mark.e2e
@@ -101,6 +101,7 @@ async def test_schemathesis_finds_no_5xx_and_every_4xx_names_the_field(stack: An
     run = uuid.uuid4().hex[:8]
     tokens = {role: await stack.tokens.token(f"fuzz-{role}-{run}", role) for role in STAFF_ROLES}
     found = await asyncio.to_thread(fuzz, service, stack.url(service), tokens)
+    SUMMARY[f"schemathesis {service}"] = f"up to {EXAMPLES} cases per operation and mode, {len(found)} problem(s)"
     assert not found, "\n".join(found)
 
 

@@ -47,6 +47,7 @@ from services.registry import (
     SHIPPING_EVENTS,
 )
 from services.shipping.domain.events import InboundParcelScanned
+from tests.reliability.conftest import SUMMARY
 from tests.support.wait import until
 
 pytestmark = pytest.mark.e2e
@@ -246,6 +247,11 @@ async def test_every_consumer_dead_letters_odd_messages_to_the_topic_and_goes_on
                         assert await metric(http, stack.url(service), prefix + c, reason) >= 1, (c, reason)
 
         await _cli_lists_and_redrives(stack, store, stored_odd, sent)
+        by_reason = await store.pool.fetch(
+            "SELECT reason_code, count(*) AS n FROM dead_letters WHERE consumer_group LIKE $1 || '%' "
+            "GROUP BY reason_code ORDER BY reason_code", prefix)
+        SUMMARY["dead letters"] = ", ".join(f"{r['reason_code']} {r['n']}" for r in by_reason) + \
+            f" ({len(CONSUMERS)} consumers, every one went on)"
     finally:
         await dlq.stop()
         await producer.stop()

@@ -33,7 +33,7 @@ from services.payments.domain.events import TenderKind
 from services.shipping.domain.events import TrackingStatus, TrackingVia
 from services.shipping.domain.shipment import Shipment, Subject
 from services.shipping.domain.tracking import RANK, deciding_update
-from tests.reliability.conftest import FULL
+from tests.reliability.conftest import FULL, SUMMARY
 from tests.unit.orders import state as aggregate_state
 from tests.unit.orders import test_bill as bill_spec
 from tests.unit.orders import test_order_transitions as order_spec
@@ -370,3 +370,4 @@ TestShipmentMachine = ShipmentMachine.TestCase
 for _case in (TestOrderMachine, TestBillMachine, TestTransactionMachine, TestRmaMachine, TestShipmentMachine):
     _case.settings = SETTINGS
 del _case
+SUMMARY["state machines"] = f"Order, Bill, Transaction, Rma, Shipment: {EXAMPLES} sequences of up to 25 steps each"
