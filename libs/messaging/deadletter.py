@@ -21,7 +21,7 @@ import asyncio
 import contextvars
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -216,13 +216,18 @@ class DeadLetterPublisher:
     """Publishes a consumer group's unpublished dead letters to the `deadletters` topic, after the batch
     that recorded them committed (and, at start, those a crash left unpublished)."""
 
-    def __init__(self, broker: Any, pool: asyncpg.Pool, group: str, topic: str = DLQ_TOPIC) -> None:
+    def __init__(self, broker: Any, pool: asyncpg.Pool | Callable[[], asyncpg.Pool], group: str,
+                 topic: str = DLQ_TOPIC) -> None:
         self.broker = broker
-        self.pool = pool
+        self._pool = pool  # or how to get it, once the service's store exists
         self.group = group
         self.topic = topic
         self.pending = True  # sweep once at start
         self.published = 0
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        return self._pool if isinstance(self._pool, asyncpg.Pool) else self._pool()
 
     async def publish_pending(self) -> int:
         if not self.pending:
@@ -255,6 +260,8 @@ async def publish_dead_letters(publisher: DeadLetterPublisher | None) -> None:
 
 
 def attach(consumers: Sequence[Any], broker: Any) -> None:
-    """Give each consumer (EnvelopeBatchConsumer, or anything with `pool` and `name`) its publisher."""
+    """Give each consumer (EnvelopeBatchConsumer, or anything with `pool` and `name`) its publisher (None: a
+    broker built only to describe its subscribers)."""
     for c in consumers:
-        c.dead_letters = DeadLetterPublisher(broker, c.pool, c.name)
+        if c is not None:
+            c.dead_letters = DeadLetterPublisher(broker, c.pool, c.name)

@@ -164,7 +164,7 @@ def build_broker(settings: ShippingSettings, services: Services, consumer: Envel
     name = settings.instance_prefix + CONSUMER_GROUP
     attach_dead_letters([consumer], broker)
     # The carriers' topic is consumed by the same group, without envelopes: its dead letters by hand.
-    publisher = DeadLetterPublisher(broker, services.store.pool, name)
+    publisher = DeadLetterPublisher(broker, lambda: services.store.pool, name)
 
     @broker.subscriber(RMA_EVENTS, group_id=name, batch=True, max_records=200, batch_timeout_ms=20,
                        ack_policy=AckPolicy.MANUAL, title="shipping consumes rma.events",
