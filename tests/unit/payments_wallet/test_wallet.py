@@ -123,8 +123,8 @@ def test_top_up_is_idempotent_per_reference_and_conflicts_on_another_amount() ->
         wallet.top_up(twd(200000), "tu-1", NOW, POLICY)
 
 
-@pytest.mark.parametrize("amount, field", [(twd(0), "paid_in"), (twd(-5), "paid_in"),
-                                           (Money(amount=100000, currency="USD"), "paid_in.currency")])
+@pytest.mark.parametrize("amount, field", [(twd(0), "amount"), (twd(-5), "amount"),
+                                           (Money(amount=100000, currency="USD"), "amount.currency")])
 def test_top_up_refuses_non_positive_or_foreign_money(amount: Money, field: str) -> None:
     with pytest.raises(RuleViolation) as caught:
         open_wallet().top_up(amount, "tu-1", NOW, POLICY)
