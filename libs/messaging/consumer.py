@@ -18,7 +18,8 @@ from typing import Any
 
 import asyncpg
 
-from libs.eventstore import WrongExpectedVersion
+from libs.eventstore import DATABASE_UNAVAILABLE, WrongExpectedVersion
+from libs.eventstore.store import pooled_transaction
 from libs.messaging import envelope as env
 from libs.messaging.inbox import claim, save_offsets
 from libs.observability import (
@@ -33,9 +34,8 @@ log = logging.getLogger("closeloop.consumer")
 
 # Errors after which the same batch is simply retried: concurrency conflicts and a database
 # that is restarting or unreachable.
-TRANSIENT = (WrongExpectedVersion, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError,
-             asyncpg.exceptions.SerializationError, asyncpg.exceptions.DeadlockDetectedError,
-             asyncpg.exceptions.CannotConnectNowError)
+TRANSIENT = (WrongExpectedVersion, *DATABASE_UNAVAILABLE, asyncpg.exceptions.SerializationError,
+             asyncpg.exceptions.DeadlockDetectedError)
 
 Handler = Callable[[asyncpg.Connection, list[env.EventEnvelope]], Awaitable[Any]]
 
@@ -94,7 +94,7 @@ class EnvelopeBatchConsumer:
 
     async def process(self, envelopes: list[env.EventEnvelope],
                       offsets: dict[tuple[str, int], int] | None = None) -> list[env.EventEnvelope]:
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with pooled_transaction(self.pool) as conn:
             new_ids = await claim(conn, self.name, [e.event_id for e in envelopes])
             fresh: list[env.EventEnvelope] = []
             seen: set = set()

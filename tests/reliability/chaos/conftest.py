@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +21,7 @@ from tests.support.auth import actor_auth, actor_tokens
 pytestmark = pytest.mark.reliability
 
 SUMMARY: list[dict[str, Any]] = []
+SUMMARY_NOTES: list[str] = []
 
 
 @pytest.fixture(scope="package")
@@ -30,8 +30,9 @@ def mode() -> Mode:
 
 
 @pytest.fixture(scope="package")
-def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    p = Platform(Path(tmp_path_factory.mktemp("chaos")))
+def platform() -> Iterator[Platform]:
+    p = Platform()
+    SUMMARY_NOTES.append(f"logs of every process: {p.logs}")
     try:
         p.start()
         yield p
@@ -62,3 +63,5 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     for r in SUMMARY:
         for line in r.get("notes", []):
             terminalreporter.write_line(f"  {r['test']}: {line}")
+    for line in SUMMARY_NOTES:
+        terminalreporter.write_line(f"  {line}")

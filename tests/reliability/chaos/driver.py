@@ -53,13 +53,13 @@ async def kill_each_process(platform: Platform, names: list[str], kills_per_proc
         await asyncio.to_thread(platform.kill, name)
         log.add(f"kill -9 {name}")
         await asyncio.sleep(rng.uniform(0.0, 1.0))
-        await asyncio.to_thread(platform.restart, name)
+        await platform.restart(name)
         log.add(f"restarted {name}")
 
 
 async def restart_broker(platform: Platform, log: ChaosLog, rng: random.Random) -> None:
     await asyncio.sleep(rng.uniform(2.0, 4.0))
-    await asyncio.to_thread(platform.restart_broker)
+    platform.restart_broker()  # from the loop's thread (PR_SET_PDEATHSIG is per thread)
     log.add("broker restarted (empty)")
 
 
@@ -68,7 +68,7 @@ async def database_outage(platform: Platform, seconds: float, log: ChaosLog, rng
     stopped = await asyncio.to_thread(platform.stop_database)
     log.add("postgres stopped")
     await asyncio.sleep(seconds)
-    await asyncio.to_thread(platform.start_database, stopped)
+    platform.start_database(stopped)  # from the loop's thread (PR_SET_PDEATHSIG is per thread)
     log.add("postgres started")
 
 

@@ -5,6 +5,7 @@ restartable on its port. Every process started here is stopped by its pid."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import tempfile
@@ -38,6 +39,7 @@ class Events:
 
 class Platform:
     def __init__(self, root: Path | None = None) -> None:
+        # Kept after the run (the logs say what happened); the database files are removed by stop().
         self.root = root or Path(tempfile.mkdtemp(prefix="closeloop-chaos-"))
         self.logs = self.root / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -70,7 +72,7 @@ class Platform:
         for child in reversed(list(self.children.values())):
             child.stop()
         self.kafka.stop()
-        self.pg.stop()
+        self.pg.destroy()
 
     def url(self, name: str) -> str:
         return self.children[name].url
@@ -88,11 +90,13 @@ class Platform:
         child.proc.wait(10)
         self.events.kills[name] = self.events.kills.get(name, 0) + 1
 
-    def restart(self, name: str, timeout: float = 120) -> None:
-        """Start the service again on its port and wait until it is ready (bounded)."""
+    async def restart(self, name: str, timeout: float = 120) -> None:
+        """Start the service again on its port and wait until it is ready (bounded). Started from the
+        event loop's thread, never a worker thread: PR_SET_PDEATHSIG fires when the *thread* that forked
+        the child ends."""
         child = self.children[name]
         child.start()
-        _wait_ready(child, timeout=timeout)
+        await asyncio.to_thread(_wait_ready, child, timeout)
         self.events.restarts[name] = self.events.restarts.get(name, 0) + 1
 
     def restart_broker(self) -> None:

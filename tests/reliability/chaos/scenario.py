@@ -8,7 +8,7 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from tests.reliability.chaos.checks import CheckReport, dead_letters, end_checks
+from tests.reliability.chaos.checks import CheckReport, dead_letters, end_checks, resent_notifications
 from tests.reliability.chaos.conftest import SUMMARY
 from tests.reliability.chaos.driver import ChaosLog, Mode, during
 from tests.reliability.chaos.platform import Platform
@@ -43,7 +43,8 @@ async def run_scenario(name: str, platform: Platform, auth: Any, mode: Mode, com
         "dead letters": await dead_letters(platform.dsn),
         "checks passed": f"{len(report.passed)}/{len(report.passed) + len(report.failed)}",
         "notes": [f"statuses {dict(rec.statuses())}; every answer incl. retried {dict(rec.attempt_status)}",
-                  f"flows {dict(rec.flows_done)}; flow errors {len(rec.flow_errors)}",
+                  f"flows {dict(rec.flows_done)}; flow errors {len(rec.flow_errors)}; notification sends repeated "
+                  f"under the same id (deduped by the sink) so far: {await resent_notifications(platform.dsn)}",
                   "chaos: " + ", ".join(a for _, a in log.actions)]})
     return workload, report, log
 
