@@ -6,12 +6,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST := $(BIN)/python -m pytest
 
-.PHONY: help venv run run-fresh test test-unit test-integration test-e2e lint fmt schemas schemas-check bench bench-quick up down clean
+.PHONY: help venv run run-fresh test test-unit test-integration test-e2e test-reliability lint fmt schemas schemas-check bench bench-quick up down clean
 
 help:
 	@echo "make run          start the whole platform on the embedded PostgreSQL + Kafka-compatible broker, run the demo"
 	@echo "make run-fresh    same, after wiping the local data in .closeloop/"
-	@echo "make test         unit, integration (real PostgreSQL + Kafka protocol) and end-to-end tests"
+	@echo "make test         unit, integration (real PostgreSQL + Kafka protocol), end-to-end and bounded reliability tests"
+	@echo "make test-reliability  the full reliability suite (kills, broker loss, database outage, load), with its summary"
 	@echo "make schemas      regenerate schemas/ (JSON Schema per event, AsyncAPI, OpenAPI)"
 	@echo "make lint | fmt   ruff + mypy | ruff format"
 	@echo "make bench        the issue-6 benchmark suite against a raw baseline of the same run (<= 10 min)"
@@ -36,7 +37,7 @@ run-fresh: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy libs services
-	$(PYTEST) -q -p no:cacheprovider tests/unit tests/integration tests/e2e
+	$(PYTEST) -q -p no:cacheprovider tests/unit tests/integration tests/e2e tests/reliability
 
 test-unit: $(STAMP)
 	$(PYTEST) -q tests/unit
@@ -46,6 +47,11 @@ test-integration: $(STAMP)
 
 test-e2e: $(STAMP)
 	$(PYTEST) -q tests/e2e
+
+# Everything in tests/reliability at full size (CLOSELOOP_RELIABILITY=full: >= 10,000 commands under kills,
+# several kills per process, a broker restart, a database outage, 60 s of load); `make test` runs the bounded form.
+test-reliability: $(STAMP)
+	CLOSELOOP_RELIABILITY=full $(PYTEST) -q -p no:cacheprovider tests/reliability
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

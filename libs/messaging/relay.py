@@ -124,8 +124,12 @@ class Relay:
 
     async def _save_checkpoint(self, cursor: Cursor, count: int) -> None:
         await self.store.pool.execute(
-            """INSERT INTO relay_checkpoints (name, transaction_id, global_position, published, updated_at)
-               VALUES ($1, $2::text::xid8, $3, $4, now())
+            # A row made without anything published is a start position, so it is also the origin.
+            """INSERT INTO relay_checkpoints (name, transaction_id, global_position, published, updated_at,
+                                              origin_transaction_id, origin_global_position)
+               VALUES ($1, $2::text::xid8, $3::bigint, $4::bigint, now(),
+                       CASE WHEN $4::bigint = 0 THEN $2::text::xid8 ELSE '0'::xid8 END,
+                       CASE WHEN $4::bigint = 0 THEN $3::bigint ELSE 0 END)
                ON CONFLICT (name) DO UPDATE SET transaction_id = EXCLUDED.transaction_id,
                    global_position = EXCLUDED.global_position,
                    published = relay_checkpoints.published + EXCLUDED.published, updated_at = now()
