@@ -10,7 +10,7 @@ import asyncpg
 # reports "cannot switch to state ...; another operation is in progress" on a connection whose server
 # went away mid-operation): nothing of the operation can be assumed stored; retrying it later (with the
 # same Idempotency-Key) is the answer. The APIs map these to 503 with Retry-After (libs/http/errors.py).
-DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
+DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
     OSError,
     asyncio.TimeoutError,  # waiting for a pooled connection or a reply
     asyncpg.PostgresConnectionError,  # incl. ConnectionDoesNotExistError

@@ -41,3 +41,37 @@ async def test_a_broker_restart_mid_workload_is_recovered_from_the_event_store(
     counts = await partition_counts(platform.kafka.bootstrap)
     partitions = int(platform.env.get("CLOSELOOP_KAFKA_TOPIC_PARTITIONS", "6"))
     assert {t: counts.get(t) for t in TOPICS} == {t: partitions for t in TOPICS}
+
+
+async def test_the_watch_notices_a_fresh_broker_and_repairs_topics_auto_created_with_another_count() -> None:
+    """On a broker of its own: no marker means lost; a topic that a client's metadata request auto-created
+    (Tansu: 4 partitions) is re-created with the platform's count; after the repair the broker is intact,
+    and after a restart it is not again."""
+    from aiokafka import AIOKafkaProducer
+
+    from libs.devstack.kafka import EmbeddedKafka
+    from libs.messaging.broker_watch import BrokerWatch
+
+    kafka = EmbeddedKafka()
+    kafka.start()
+    watch = BrokerWatch(kafka.bootstrap, ["a.events", "b.events"], partitions=6, replication=1, relay_name="r-1")
+    try:
+        producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap)
+        await producer.start()
+        try:
+            await producer.send_and_wait("a.events", b"auto-created by the metadata request")
+        finally:
+            await producer.stop()
+        assert (await partition_counts(kafka.bootstrap))["a.events"] != 6
+        assert not await watch.intact()
+        assert sorted(await watch.repair()) == ["a.events", "b.events"]
+        assert await watch.intact()
+        counts = await partition_counts(kafka.bootstrap)
+        assert (counts["a.events"], counts["b.events"], counts[watch.marker]) == (6, 6, 1)
+        await watch.close()
+        kafka.stop()
+        kafka.start()  # same port, nothing kept
+        assert not await watch.intact()
+    finally:
+        await watch.close()
+        kafka.stop()
