@@ -134,17 +134,17 @@ async def end_checks(dsn: str, relay_name: str, workloads: list[Workload]) -> Ch
 
 async def resent_notifications(dsn: str) -> int:
     """Sends the provider was asked for again under the same notification id (deduped there)."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        return int(await conn.fetchval("SELECT coalesce(sum(deliveries - 1), 0) FROM notifications_sink"))
-    finally:
-        await conn.close()
+    return await _count(dsn, "SELECT coalesce(sum(deliveries - 1), 0) FROM notifications_sink")
 
 
 async def dead_letters(dsn: str) -> int:
+    return await _count(dsn, "SELECT count(*) FROM dead_letters")
+
+
+async def _count(dsn: str, sql: str) -> int:
     conn = await asyncpg.connect(dsn)
     try:
-        return int(await conn.fetchval("SELECT count(*) FROM dead_letters"))
+        return int(await conn.fetchval(sql))
     finally:
         await conn.close()
 

@@ -31,7 +31,7 @@ class Mode:
     def of(cls, name: str) -> Mode:
         if name == "full":
             return cls("full", 10_000, 3, 3_000, 3_000, 6.0, 60, 300, 64)
-        return cls("bounded", 1_000, 1, 500, 500, 4.0, 10, 300, 40)
+        return cls("bounded", 1_000, 1, 300, 300, 4.0, 10, 50, 40)
 
 
 @dataclass

@@ -18,8 +18,6 @@ checks hold the store to."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import random
 import time
 import uuid
@@ -31,6 +29,7 @@ from zoneinfo import ZoneInfo
 
 import httpx
 
+from libs.devstack.demo_mouse import island_delivered
 from services.shipping.bootstrap import DEV_CARRIER_SECRET
 from tests.reliability.chaos.platform import Platform
 
@@ -268,13 +267,8 @@ class Workload:
             await self.command("shipping", "POST", "/shipments", body, who=STAFF)
         shipped = await self.until(f"{rma_id} shipped out", lambda: self.rma_at(rma_id, "SHIPPED_OUT"))
         tracking = shipped["shipment"]["tracking_number"]
-        now = datetime.now(TZ)
-        csv = "\n".join(["BillNo,StatusName,StatusTime,StationName,SerialNo,Memo"] + [
-            f"{tracking},{status},{(now + timedelta(hours=h)).strftime('%Y/%m/%d %H:%M')},台北營業所,{n},"
-            for n, (status, h) in enumerate((("已取件", 1), ("配送中", 18), ("已送達", 20)), start=1)]).encode()
-        sig = hmac.new(DEV_CARRIER_SECRET.encode(), csv, hashlib.sha256).hexdigest()
-        await self.command("shipping", "POST", "/carriers/island/events", content=csv, who=STAFF,
-                           headers={"Content-Type": "text/csv", "X-Carrier-Signature": f"sha256={sig}"})
+        csv, signed = island_delivered(tracking, DEV_CARRIER_SECRET)
+        await self.command("shipping", "POST", "/carriers/island/events", content=csv, who=STAFF, headers=signed)
         await self.until(f"{rma_id} closed", lambda: self.rma_at(rma_id, "CLOSED"))
         self.closed_rmas.append(rma_id)
         self.rec.flows_done["rma_replaced"] += 1
