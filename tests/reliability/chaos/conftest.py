@@ -1,7 +1,7 @@
 """The reliability stack: its own PostgreSQL, broker and service processes (the chaos stops and kills
-them), shared by the tests of this package, which run in file order: crash safety, broker loss,
-database outage, load. CLOSELOOP_RELIABILITY=full runs the full sizes (`make test-reliability`);
-otherwise the bounded form that `make test` runs.
+them), shared by the tests of this package (each checks the whole store at its end, so they may run
+in any order; pytest takes the files alphabetically). CLOSELOOP_RELIABILITY=full runs the full sizes
+(`make test-reliability`); otherwise the bounded form that `make test` runs.
 
 At the end of the session a summary table is printed: workload size, kills, restarts, broker restarts,
 outage seconds, dead letters and the checks passed, per test."""
