@@ -92,6 +92,13 @@ class Relay:
                VALUES ($1, $2::text::xid8, $3, $2::text::xid8, $3)
                ON CONFLICT (name) DO NOTHING""", self.name, str(head.transaction_id), head.global_position)
 
+    async def origin(self) -> Cursor:
+        """Where this relay started: the store's beginning, or its head when it was created at the head."""
+        row = await self.store.pool.fetchrow(
+            """SELECT origin_transaction_id::text::bigint AS tx, origin_global_position FROM relay_checkpoints
+                WHERE name = $1""", self.name)
+        return Cursor(row["tx"], row["origin_global_position"]) if row else START
+
     async def rewind_to_origin(self) -> Cursor:
         """Move the checkpoint back to where this relay started (after the broker lost its messages)."""
         row = await self.store.pool.fetchrow(
@@ -106,13 +113,14 @@ class Relay:
         if self.watch is None or await self.watch.intact():
             return False
         was = await self.checkpoint()
-        origin = await self.rewind_to_origin()
+        origin = await self.origin()
         if was == origin:  # nothing published yet (a new relay, or a new broker): just the topics
             log.info("relay %s: creating the topics and the marker %s", self.name, self.watch.marker)
             await self.watch.repair()
             return False
         log.warning("relay %s: the broker lost its topics (no marker %s); re-creating them and publishing again "
                     "from %s (was at %s)", self.name, self.watch.marker, origin, was)
+        await self.rewind_to_origin()
         await self.watch.repair()
         # The producer must see the new partition counts before it picks a partition for a key.
         await self.broker.stop()
