@@ -11,8 +11,8 @@ PYTEST := $(BIN)/python -m pytest
 help:
 	@echo "make run          start the whole platform on the embedded PostgreSQL + Kafka-compatible broker, run the demo"
 	@echo "make run-fresh    same, after wiping the local data in .closeloop/"
-	@echo "make test         unit, integration (real PostgreSQL + Kafka protocol), end-to-end and reliability (bounded) tests"
-	@echo "make test-reliability  the reliability suite in full (poison messages, duplicates, hostile HTTP, access, state machines)"
+	@echo "make test         unit, integration (real PostgreSQL + Kafka protocol), end-to-end and bounded reliability tests"
+	@echo "make test-reliability  the full reliability suite (kills, broker loss, database outage, load, poison messages, duplicates, hostile HTTP, access, state machines), with its summary"
 	@echo "make schemas      regenerate schemas/ (JSON Schema per event, AsyncAPI, OpenAPI)"
 	@echo "make lint | fmt   ruff + mypy | ruff format"
 	@echo "make bench        the issue-6 benchmark suite against a raw baseline of the same run (<= 10 min)"
@@ -48,6 +48,8 @@ test-integration: $(STAMP)
 test-e2e: $(STAMP)
 	$(PYTEST) -q tests/e2e
 
+# Everything in tests/reliability at full size (CLOSELOOP_RELIABILITY=full: >= 10,000 commands under kills,
+# several kills per process, a broker restart, a database outage, 60 s of load); `make test` runs the bounded form.
 test-reliability: $(STAMP)
 	CLOSELOOP_RELIABILITY=full $(PYTEST) -q -p no:cacheprovider tests/reliability
 

@@ -35,6 +35,17 @@ async def _ok(http: httpx.AsyncClient, method: str, url: str, body: Any = None,
     return r.json()
 
 
+def island_delivered(tracking: str, carrier_secret: str) -> tuple[bytes, dict[str, str]]:
+    """The local carrier's (島嶼物流) CSV report of the parcel picked up, on its way and delivered, and the
+    headers of its signed webhook (X-Carrier-Signature: sha256=<HMAC of the body>)."""
+    now = datetime.now(TZ)
+    csv = "\n".join(["BillNo,StatusName,StatusTime,StationName,SerialNo,Memo"] + [
+        f"{tracking},{status},{(now + timedelta(hours=h)).strftime('%Y/%m/%d %H:%M')},台北營業所,{n},"
+        for n, (status, h) in enumerate((("已取件", 1), ("配送中", 18), ("已送達", 20)), start=1)]).encode()
+    sig = hmac.new(carrier_secret.encode(), csv, hashlib.sha256).hexdigest()
+    return csv, {"Content-Type": "text/csv", "X-Carrier-Signature": f"sha256={sig}"}
+
+
 async def _until(what: str, fn: Any, timeout: float = 45) -> Any:
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
@@ -100,13 +111,8 @@ async def run_mouse_story(endpoints: dict[str, Any], carrier_secret: str,
         shipped = await at(rma_id, "SHIPPED_OUT")
         tracking = shipped["shipment"]["tracking_number"]
 
-        now = datetime.now(TZ)
-        csv = "\n".join(["BillNo,StatusName,StatusTime,StationName,SerialNo,Memo"] + [
-            f"{tracking},{status},{(now + timedelta(hours=h)).strftime('%Y/%m/%d %H:%M')},台北營業所,{n},"
-            for n, (status, h) in enumerate((("已取件", 1), ("配送中", 18), ("已送達", 20)), start=1)]).encode()
-        sig = hmac.new(carrier_secret.encode(), csv, hashlib.sha256).hexdigest()
-        r = await http.post(f"{shipping}/carriers/island/events", content=csv,
-                            headers={"Content-Type": "text/csv", "X-Carrier-Signature": f"sha256={sig}"})
+        csv, signed = island_delivered(tracking, carrier_secret)
+        r = await http.post(f"{shipping}/carriers/island/events", content=csv, headers=signed)
         r.raise_for_status()
         closed = await at(rma_id, "CLOSED")
 

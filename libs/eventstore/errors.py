@@ -2,6 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import asyncpg
+
+# The database is away, restarting or cut us off, or left a pooled connection half-broken (asyncpg
+# reports "cannot switch to state ...; another operation is in progress" on a connection whose server
+# went away mid-operation): nothing of the operation can be assumed stored; retrying it later (with the
+# same Idempotency-Key) is the answer. The APIs map these to 503 with Retry-After (libs/http/errors.py).
+DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
+    OSError,
+    asyncio.TimeoutError,  # waiting for a pooled connection or a reply
+    asyncpg.PostgresConnectionError,  # incl. ConnectionDoesNotExistError
+    asyncpg.InterfaceError,  # "connection is closed", "another operation is in progress"
+    asyncpg.exceptions.InternalClientError,  # a connection left mid-operation by the server
+    asyncpg.exceptions.CannotConnectNowError,  # starting up / shutting down
+    asyncpg.exceptions.OperatorInterventionError,  # terminating connection due to administrator command
+    asyncpg.exceptions.TooManyConnectionsError,
+)
+
 
 class EventStoreError(Exception):
     pass

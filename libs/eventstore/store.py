@@ -34,7 +34,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from libs.eventstore.errors import DuplicateEventId, IdempotencyKeyReused, WrongExpectedVersion
+from libs.eventstore.errors import DATABASE_UNAVAILABLE, DuplicateEventId, IdempotencyKeyReused, WrongExpectedVersion
 from libs.eventstore.migrate import EVENTSTORE_MIGRATIONS, migrate
 from libs.eventstore.model import (
     GENESIS_HASH,
@@ -69,6 +69,19 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, **kwar
     pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=init_connection, **kwargs)
     assert pool is not None
     return pool
+
+
+@contextlib.asynccontextmanager
+async def pooled_transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection inside a transaction; terminated (never handed out again) when the database
+    cut it off or left it half-broken meanwhile: the pool then opens a fresh one."""
+    async with pool.acquire() as conn:
+        try:
+            async with conn.transaction():
+                yield conn
+        except DATABASE_UNAVAILABLE:
+            conn.terminate()
+            raise
 
 
 Appends = Sequence[tuple[str, int | None, Sequence[NewEvent]]]
@@ -152,13 +165,18 @@ class EventStore:
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
         """A connection inside a transaction: appends and other writes made with it
-        commit or roll back together. Followers are woken after the commit if it appended."""
+        commit or roll back together. Followers are woken after the commit if it appended. A
+        connection that the database cut off (or left half-broken) during the transaction is
+        terminated, so that the pool opens a fresh one instead of handing it out again."""
         async with self.pool.acquire() as conn:
             self._own_tx[conn] = False
             try:
                 async with conn.transaction():
                     yield conn
                 appended = self._own_tx[conn]
+            except DATABASE_UNAVAILABLE:
+                conn.terminate()
+                raise
             finally:
                 self._own_tx.pop(conn, None)
         if appended:

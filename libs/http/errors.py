@@ -11,7 +11,6 @@ import logging
 import re
 from typing import Any
 
-import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -19,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from libs.domain.errors import Conflict, DomainError, InvalidTransition, NotFound, RuleViolation
 from libs.domain.money import CurrencyMismatch
-from libs.eventstore import DuplicateEventId, IdempotencyKeyReused, WrongExpectedVersion
+from libs.eventstore import DATABASE_UNAVAILABLE, DuplicateEventId, IdempotencyKeyReused, WrongExpectedVersion
 from libs.observability import HANDLER_ERRORS, log_refusal
 
 log = logging.getLogger("closeloop.http")
@@ -167,13 +166,19 @@ def install_error_handlers(app: FastAPI) -> None:
             headers=getattr(exc, "headers", None),
         )
 
-    @app.exception_handler(asyncpg.exceptions.ConnectionDoesNotExistError)
     async def _db_gone(_: Request, exc: Exception) -> JSONResponse:
+        # Nothing can be assumed stored: the client retries (with the same Idempotency-Key, which makes a
+        # command that did commit return its first answer and apply nothing twice).
         return JSONResponse(
-            error_body("database_unavailable", "the database is unavailable; retry shortly"),
+            error_body("database_unavailable", "the database is unavailable; retry shortly with the same "
+                       "Idempotency-Key", error=type(exc).__name__),
             status_code=503,
             headers={"Retry-After": "2"},
         )
+
+    for unavailable in DATABASE_UNAVAILABLE:
+        if unavailable is not OSError:
+            app.add_exception_handler(unavailable, _db_gone)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

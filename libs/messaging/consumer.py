@@ -21,7 +21,8 @@ import asyncpg
 from pydantic import ValidationError
 
 from libs.domain.events import UnknownEventType, UnsupportedSchemaVersion, registry
-from libs.eventstore import WrongExpectedVersion
+from libs.eventstore import DATABASE_UNAVAILABLE, WrongExpectedVersion
+from libs.eventstore.store import pooled_transaction
 from libs.messaging import envelope as env
 from libs.messaging.deadletter import (
     Batch,
@@ -48,9 +49,8 @@ log = logging.getLogger("closeloop.consumer")
 
 # Errors after which the same batch is simply retried: concurrency conflicts and a database
 # that is restarting or unreachable.
-TRANSIENT = (WrongExpectedVersion, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError,
-             asyncpg.exceptions.SerializationError, asyncpg.exceptions.DeadlockDetectedError,
-             asyncpg.exceptions.CannotConnectNowError)
+TRANSIENT = (WrongExpectedVersion, *DATABASE_UNAVAILABLE, asyncpg.exceptions.SerializationError,
+             asyncpg.exceptions.DeadlockDetectedError)
 
 Handler = Callable[[asyncpg.Connection, list[env.EventEnvelope]], Awaitable[Any]]
 
@@ -150,7 +150,7 @@ class EnvelopeBatchConsumer:
                        offsets: dict[tuple[str, int], int] | None,
                        poison: Sequence[tuple[Source, str, str]]) -> list[env.EventEnvelope]:
         redrives = {eid: s.redrive_id for eid, s in conn_batch.sources.items() if s.redrive_id is not None}
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with pooled_transaction(self.pool) as conn:
             for source, code, reason in poison:
                 await record(conn, self.name, code, reason, source=source)
             if redrives:  # a re-driven dead letter: forget that it was processed, and try it again

@@ -14,6 +14,11 @@ flight per broker connection, so a retried batch cannot overtake a later one.
 The relay does not sleep-poll: every commit that appended NOTIFYs `closeloop_events` (the
 event store sends it right after the commits it knows of, libs/eventstore/store.py) and the
 relay wakes on it; a slow timer remains as a safety net.
+
+A broker that lost what it held (the embedded broker restarted; a topic deleted) is noticed before
+the next batch (libs/messaging/broker_watch.py): the relay re-creates the topics with their partition
+counts, moves its checkpoint back to where it started and publishes everything again; consumers drop
+the event ids they already processed.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from faststream.kafka import KafkaBroker
 from libs.eventstore import START, Cursor, EventStore, RecordedEvent
 from libs.eventstore.store import NOTIFY_CHANNEL
 from libs.messaging import envelope
+from libs.messaging.broker_watch import BrokerWatch
 from libs.observability import RELAY_PUBLISHED
 
 log = logging.getLogger("closeloop.relay")
@@ -50,12 +56,18 @@ class RelayStats:
     batches: int = 0
     last_cursor: Cursor = START
     last_publish_at: float = 0.0
+    broker_resets: int = 0
 
 
 class Relay:
     def __init__(self, store: EventStore, broker: KafkaBroker, route: Callable[[str], str], *,
-                 name: str = "kafka", batch_size: int = 1000, idle_poll_seconds: float = 1.0) -> None:
+                 name: str = "kafka", batch_size: int = 1000, idle_poll_seconds: float = 1.0,
+                 watch: BrokerWatch | None = None, reset_grace_seconds: float = 0.0) -> None:
         self.store = store
+        self.watch = watch
+        # After a broker reset, a pause before publishing again, so that consumers first notice the new
+        # broker (their positions reset to its empty topics) and rejoin their groups.
+        self.reset_grace_seconds = reset_grace_seconds
         self.broker = broker
         self.route = route
         self.name = name
@@ -75,13 +87,57 @@ class Relay:
         """Give a relay that has no checkpoint yet the store's current head as its checkpoint."""
         head = await self.store.head()
         await self.store.pool.execute(
-            """INSERT INTO relay_checkpoints (name, transaction_id, global_position) VALUES ($1, $2::text::xid8, $3)
+            """INSERT INTO relay_checkpoints (name, transaction_id, global_position, origin_transaction_id,
+                                              origin_global_position)
+               VALUES ($1, $2::text::xid8, $3, $2::text::xid8, $3)
                ON CONFLICT (name) DO NOTHING""", self.name, str(head.transaction_id), head.global_position)
+
+    async def origin(self) -> Cursor:
+        """Where this relay started: the store's beginning, or its head when it was created at the head."""
+        row = await self.store.pool.fetchrow(
+            """SELECT origin_transaction_id::text::bigint AS tx, origin_global_position FROM relay_checkpoints
+                WHERE name = $1""", self.name)
+        return Cursor(row["tx"], row["origin_global_position"]) if row else START
+
+    async def rewind_to_origin(self) -> Cursor:
+        """Move the checkpoint back to where this relay started (after the broker lost its messages)."""
+        row = await self.store.pool.fetchrow(
+            """UPDATE relay_checkpoints SET transaction_id = origin_transaction_id,
+                      global_position = origin_global_position, broker_resets = broker_resets + 1, updated_at = now()
+                WHERE name = $1
+            RETURNING origin_transaction_id::text::bigint AS tx, origin_global_position""", self.name)
+        return Cursor(row["tx"], row["origin_global_position"]) if row else START
+
+    async def ensure_broker(self) -> bool:
+        """If the broker lost its state, repair it and rewind; True when it did (module doc)."""
+        if self.watch is None or await self.watch.intact():
+            return False
+        was = await self.checkpoint()
+        origin = await self.origin()
+        if was == origin:  # nothing published yet (a new relay, or a new broker): just the topics
+            log.info("relay %s: creating the topics and the marker %s", self.name, self.watch.marker)
+            await self.watch.repair()
+            return False
+        log.warning("relay %s: the broker lost its topics (no marker %s); re-creating them and publishing again "
+                    "from %s (was at %s)", self.name, self.watch.marker, origin, was)
+        await self.rewind_to_origin()
+        await self.watch.repair()
+        # The producer must see the new partition counts before it picks a partition for a key.
+        await self.broker.stop()
+        await self.broker.start()
+        if self.reset_grace_seconds:
+            await asyncio.sleep(self.reset_grace_seconds)
+        self.stats.broker_resets += 1
+        return True
 
     async def _save_checkpoint(self, cursor: Cursor, count: int) -> None:
         await self.store.pool.execute(
-            """INSERT INTO relay_checkpoints (name, transaction_id, global_position, published, updated_at)
-               VALUES ($1, $2::text::xid8, $3, $4, now())
+            # A row made without anything published is a start position, so it is also the origin.
+            """INSERT INTO relay_checkpoints (name, transaction_id, global_position, published, updated_at,
+                                              origin_transaction_id, origin_global_position)
+               VALUES ($1, $2::text::xid8, $3::bigint, $4::bigint, now(),
+                       CASE WHEN $4::bigint = 0 THEN $2::text::xid8 ELSE '0'::xid8 END,
+                       CASE WHEN $4::bigint = 0 THEN $3::bigint ELSE 0 END)
                ON CONFLICT (name) DO UPDATE SET transaction_id = EXCLUDED.transaction_id,
                    global_position = EXCLUDED.global_position,
                    published = relay_checkpoints.published + EXCLUDED.published, updated_at = now()
@@ -166,6 +222,7 @@ class Relay:
                         break
                     try:
                         self._wake.clear()
+                        await self.ensure_broker()
                         n = await self.publish_once()
                         backoff = 0.2
                         if n == self.batch_size:

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from libs.eventstore import EventStore
 from libs.http.health import install_health
 from libs.messaging.broker import make_broker
+from libs.messaging.broker_watch import BrokerWatch
 from libs.messaging.relay import Relay
 from libs.messaging.topics import ensure_topics, topic_router
 from libs.observability import RELAY_LAG, install_metrics
@@ -38,8 +39,11 @@ async def main() -> None:
                         replication=settings.kafka_replication_factor)
     broker = make_broker(settings, client_id="closeloop-relay")
     await broker.start()
+    watch = BrokerWatch(settings.kafka_bootstrap_servers, TOPICS, partitions=settings.kafka_topic_partitions,
+                        replication=settings.kafka_replication_factor, relay_name=settings.relay_name)
     relay = Relay(store, broker, topic_router(STREAM_TOPICS), name=settings.relay_name,
-                  batch_size=settings.relay_batch_size)
+                  batch_size=settings.relay_batch_size, watch=watch,
+                  reset_grace_seconds=2 * settings.kafka_session_timeout_ms / 1000)
     if settings.relay_start == "head":
         await relay.start_at_head_if_new()
     app = FastAPI(title="closeloop relay")
@@ -51,7 +55,7 @@ async def main() -> None:
 
     async def ready_details() -> dict[str, Any]:
         return {"checkpoint": str(await relay.checkpoint()), "lag": await relay.lag(),
-                "published_since_start": relay.stats.published}
+                "published_since_start": relay.stats.published, "broker_resets_since_start": relay.stats.broker_resets}
 
     install_health(app, lambda: store.pool, ready_details, readiness="the relay's position and lag.")
 
@@ -59,6 +63,7 @@ async def main() -> None:
         log.info("relay publishing to %s", settings.kafka_bootstrap_servers)
         await serve(app, settings.http_host, settings.http_port, background=[relay.run])
     finally:
+        await watch.close()
         await broker.stop()
         await store.close()
 
