@@ -17,6 +17,7 @@ the test's event loop; one test runs the installed entry point as a subprocess t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import hashlib
 import json
@@ -46,6 +47,7 @@ from libs.messaging.consumer import EnvelopeBatchConsumer
 from services.orders.domain.order import Order
 from services.projector.projections.orders import OrdersProjection
 from tests.integration.helpers import Story, append_story, fake_records, order_story
+from tests.support.databases import fresh_database
 
 pytestmark = pytest.mark.integration
 
@@ -81,29 +83,16 @@ def _with_db(dsn: str, name: str, user: str | None = None) -> str:
 @pytest.fixture(scope="module")
 async def new_db(pg_dsn: str) -> AsyncIterator[Callable[[], Awaitable[Db]]]:
     """make(): a fresh, migrated database with an EventStore on it (dropped at the end)."""
-    made: list[tuple[str, EventStore]] = []
-    admin = await asyncpg.connect(pg_dsn)
+    async with contextlib.AsyncExitStack() as stack:
+        async def make() -> Db:
+            dsn = await stack.enter_async_context(fresh_database(pg_dsn, "it_cli"))
+            store = await EventStore.connect(dsn, max_size=4)
+            stack.push_async_callback(store.close)  # closed before its database is dropped
+            async with store.pool.acquire() as conn:
+                await migrate(conn, COMPONENTS)
+            return Db(dsn, store)
 
-    async def make() -> Db:
-        name = f"it_cli_{uuid.uuid4().hex[:12]}"
-        try:
-            await admin.execute(f"CREATE DATABASE {name}")
-        except asyncpg.InsufficientPrivilegeError:
-            pytest.skip("the test database user may not CREATE DATABASE")
-        dsn = _with_db(pg_dsn, name)
-        store = await EventStore.connect(dsn, max_size=4)
-        made.append((name, store))
-        async with store.pool.acquire() as conn:
-            await migrate(conn, COMPONENTS)
-        return Db(dsn, store)
-
-    try:
         yield make
-    finally:
-        for name, store in made:
-            await store.close()
-            await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        await admin.close()
 
 
 async def project(db: Db, stories: list[Story]) -> None:

@@ -11,17 +11,16 @@ projector's own consumer code (ids claimed and effects in one transaction), as K
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import random
 import re
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo
 
 import asyncpg
@@ -66,6 +65,7 @@ from services.shipping.application.projections import project_shipment
 from services.shipping.domain.events import CarrierManifestImported, ManifestShipmentRow, ShipmentCreated
 from services.shipping.domain.shipment import Shipment
 from tests.integration.helpers import fake_records
+from tests.support.databases import fresh_database
 from tests.unit.payments import POLICY
 
 pytestmark = pytest.mark.integration
@@ -89,35 +89,18 @@ class Db:
         return int(await self.store.pool.fetchval(sql, *args))
 
 
-def _with_db(dsn: str, name: str) -> str:
-    return urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
-
-
 @pytest.fixture(scope="module")
 async def new_db(pg_dsn: str) -> AsyncIterator[Callable[[], Awaitable[Db]]]:
-    made: list[tuple[str, EventStore]] = []
-    admin = await asyncpg.connect(pg_dsn)
+    async with contextlib.AsyncExitStack() as stack:
+        async def make() -> Db:
+            dsn = await stack.enter_async_context(fresh_database(pg_dsn, "it_recon"))
+            store = await EventStore.connect(dsn, max_size=12)
+            stack.push_async_callback(store.close)  # closed before its database is dropped
+            async with store.pool.acquire() as conn:
+                await migrate(conn, COMPONENTS)
+            return Db(dsn, store)
 
-    async def make() -> Db:
-        name = f"it_recon_{uuid.uuid4().hex[:12]}"
-        try:
-            await admin.execute(f"CREATE DATABASE {name}")
-        except asyncpg.InsufficientPrivilegeError:
-            pytest.skip("the test database user may not CREATE DATABASE")
-        dsn = _with_db(pg_dsn, name)
-        store = await EventStore.connect(dsn, max_size=12)
-        made.append((name, store))
-        async with store.pool.acquire() as conn:
-            await migrate(conn, COMPONENTS)
-        return Db(dsn, store)
-
-    try:
         yield make
-    finally:
-        for name, store in made:
-            await store.close()
-            await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        await admin.close()
 
 
 # ------------------------------------------------------------------------------------------ helpers
