@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -32,6 +32,7 @@ from libs.messaging.topics import ensure_topics
 from libs.observability import CONSUMER_EVENTS, HANDLER_ERRORS
 from libs.runtime import serve, setup_logging
 from libs.settings import ServiceSettings
+from services.payments.application.batch import BatchUnitOfWork
 from services.payments.application.disputes import DisputesService
 from services.payments.application.kolable import KolableService
 from services.payments.application.refunds import RefundsService
@@ -95,6 +96,43 @@ class PaymentsContainer:
     vouchers: VouchersService
 
 
+def upstream_batch_handler(ingestor: UpstreamIngestor, stats: dict[str, int], name: str,
+                           publisher: DeadLetterPublisher | None) -> Callable[[list[Any]], Awaitable[None]]:
+    """What the `payments.upstream` subscriber does with a Kafka batch (the records as aiokafka gives
+    them), without Kafka: tests and the benchmark drive it directly."""
+
+    async def handle(records: list[Any]) -> None:
+        # The whole batch in one transaction (UpstreamIngestor.ingest_batch): each provider event is
+        # stored once whatever the number of deliveries (its event ids derive from the provider's
+        # id), so acknowledging after the commit is enough; an exception leaves the batch
+        # unacknowledged, and when it comes again what was stored is recognised.
+        results = await ingestor.ingest_batch([record.value for record in records], via=ReceivedVia.KAFKA)
+        malformed: list[tuple[Source, MalformedEvent]] = []
+        redriven: list[int] = []
+        for record, result in zip(records, results, strict=True):
+            source = Source.of(record)
+            if isinstance(result, MalformedEvent):
+                stats["malformed"] += 1
+                HANDLER_ERRORS.labels(name, "MalformedEvent").inc()
+                malformed.append((source, result))
+                continue
+            stats["duplicates" if result.duplicate else "stored"] += 1
+            CONSUMER_EVENTS.labels(name, "duplicate" if result.duplicate else "applied").inc()
+            if source.redrive_id is not None:
+                redriven.append(source.redrive_id)
+        if malformed or redriven:
+            async with ingestor.store.pool.acquire() as conn:
+                for source, exc in malformed:
+                    await record_dead_letter(conn, name, "invalid_payload", f"malformed upstream event: {exc.message}",
+                                             source=source, group=name)
+                if redriven:
+                    await mark_redriven(conn, redriven)
+            if malformed and publisher is not None:
+                publisher.pending = True
+
+    return handle
+
+
 def build_broker(settings: PaymentsSettings, ingestor: UpstreamIngestor, stats: dict[str, int],
                  consumer: EnvelopeBatchConsumer) -> KafkaBroker:
     broker = make_broker(settings, client_id="closeloop-payments")
@@ -113,42 +151,11 @@ def build_broker(settings: PaymentsSettings, ingestor: UpstreamIngestor, stats: 
                        ack_policy=AckPolicy.MANUAL, title="payments consumes payments.upstream",
                        **consumer_options(settings))
     async def on_upstream(body: list[Any], msg: KafkaMessage) -> None:
-        # Each provider event is stored once whatever the number of deliveries (its event
-        # ids derive from the provider's id), so acknowledging after the appends is enough.
-        # The partitions of a batch are ingested concurrently, each in its order: a provider
-        # event is keyed by its id, and events of one order in different partitions are what
-        # concurrent webhooks deliver too (the ingestion locks per order and student for that).
-        # Profiled, one event at a time left the service waiting on PostgreSQL most of the time.
-        async def ingest(records: list[Any]) -> None:
-            for record in records:
-                await ingest_one(record)
-
-        async def ingest_one(record: Any) -> None:
-            source = Source.of(record)
-            try:
-                outcome = await ingestor.ingest(record.value, via=ReceivedVia.KAFKA, signature_verified=False)
-                stats["duplicates" if outcome.duplicate else "stored"] += 1
-                CONSUMER_EVENTS.labels(name, "duplicate" if outcome.duplicate else "applied").inc()
-                if source.redrive_id is not None:
-                    async with ingestor.store.pool.acquire() as conn:
-                        await mark_redriven(conn, [source.redrive_id])
-            except MalformedEvent as exc:
-                stats["malformed"] += 1
-                HANDLER_ERRORS.labels(name, "MalformedEvent").inc()
-                async with ingestor.store.pool.acquire() as conn:
-                    await record_dead_letter(conn, name, "invalid_payload", f"malformed upstream event: {exc.message}",
-                                             source=source, group=name)
-                publisher.pending = True
-
-        by_partition: dict[tuple[str, int], list[Any]] = {}
-        for record in msg.raw_message:
-            by_partition.setdefault((record.topic, record.partition), []).append(record)
-        failed = [r for r in await asyncio.gather(*(ingest(rs) for rs in by_partition.values()),
-                                                  return_exceptions=True) if isinstance(r, BaseException)]
-        if failed:
-            raise failed[0]  # not acknowledged: the batch comes again, and what was stored is recognised
+        await handle(list(msg.raw_message))  # raises: not acknowledged, the batch comes again
         await asyncio.wait_for(msg.ack(), 30)
         await publish_dead_letters(publisher)
+
+    handle = upstream_batch_handler(ingestor, stats, name, publisher)
 
     return broker
 
@@ -177,6 +184,17 @@ def wire(store: EventStore, policies: list[CancellationPolicy], wallet_policy: W
     # Dispute facts: the Dispute aggregate, its read model, refunds frozen / held / released.
     service.on_dispute = DisputesService(store, policies, clock, service.publish_contract).on_fact
 
+    async def on_facts(conn: Any, facts: list[tuple[Any, Any]], positions: dict[Any, int]) -> list[str]:
+        # A Kafka batch's facts set-based (application/batch.py); if the rules refuse one of them,
+        # the batch's facts are applied one by one instead, each in its savepoint (on_fact).
+        try:
+            async with conn.transaction():  # savepoint
+                uow = BatchUnitOfWork(store, conn, reaction_context("upstream-batch", "upstream-batch"))
+                return await service.on_upstream_facts(uow, facts, positions)
+        except DomainError as exc:
+            log.info("upstream batch of %d facts applied one by one: %s", len(facts), exc)
+        return [await on_fact(conn, fact, fact_id) for fact, fact_id in facts]
+
     async def on_fact(conn: Any, fact: Any, fact_id: Any) -> str:
         ctx = reaction_context(correlation_id=fact.provider_event_id, causation_id=str(fact_id))
         try:
@@ -189,7 +207,7 @@ def wire(store: EventStore, policies: list[CancellationPolicy], wallet_policy: W
             log.warning("upstream fact %s not applied: %s", fact.provider_event_id, exc)
             return f"refused: {exc}"
 
-    return Services(service, wallets, UpstreamIngestor(store, clock, on_fact),
+    return Services(service, wallets, UpstreamIngestor(store, clock, on_fact, on_facts),
                     TransactionsService(store, policies, wallet_policy, clock, service.publish_contract),
                     VouchersService(store, wallet_policy, clock))
 

@@ -130,6 +130,124 @@ def _decision_json(order: KolableOrder) -> dict[str, Any] | None:
     return current.model_dump(mode="json") if current else None
 
 
+class KolableBatch:
+    """The Kolable tables as a one-by-one run would see them during a batch of provider facts:
+    read once (lazily for what was not foreseen), changed in memory, written at the end (save_batch).
+    Only the facts' own path writes these rows meanwhile: imports wait for the shared import lock
+    this batch holds, and the batch holds the locks of its orders and students."""
+
+    def __init__(self, locks: set[str]) -> None:
+        self.locks = locks
+        self.known_orders: set[str] = set()
+        self.checked: set[str] = set()
+        self.facts: dict[str, list[UpstreamFact]] = {}  # order -> provider facts (as _provider_facts)
+        self.fact_ids: set[Any] = set()
+        self.loaded_facts: set[str] = set()
+        self.by_order: dict[str, set[str]] = {}  # order -> student keys (kolable_students)
+        self.by_student: dict[str, set[str]] = {}  # student key -> orders
+        self.loaded_orders: set[str] = set()
+        self.loaded_students: set[str] = set()
+        self.changed_students: set[str] = set()  # orders whose kolable_students rows are rewritten
+        self.new_facts: list[tuple[Any, ...]] = []
+        self.rows: dict[str, tuple[Any, ...]] = {}  # kolable_orders rows to upsert, last one per order
+
+    async def lock(self, conn: asyncpg.Connection, keys: list[str], *, shared: bool = False) -> None:
+        todo = [k for k in keys if ("shared:" + k if shared else k) not in self.locks]
+        if not todo:
+            return
+        fn = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+        await conn.fetchval(f"SELECT count({fn}(hashtextextended(k, 0))) FROM unnest($1::text[]) AS k", todo)
+        self.locks.update(("shared:" + k if shared else k) for k in todo)
+
+    async def known_many(self, conn: asyncpg.Connection, orders: list[str]) -> None:
+        todo = [o for o in orders if o not in self.checked]
+        if not todo:
+            return
+        rows = await conn.fetch(
+            "SELECT order_id FROM kolable_orders WHERE order_id = ANY($1::text[])"
+            " UNION SELECT order_id FROM kolable_provider_facts WHERE order_id = ANY($1::text[])", todo)
+        self.known_orders.update(r["order_id"] for r in rows)
+        self.checked.update(todo)
+
+    async def known(self, conn: asyncpg.Connection, order_id: str) -> bool:
+        await self.known_many(conn, [order_id])
+        return order_id in self.known_orders
+
+    def _add_pair(self, student: str, order: str) -> None:
+        self.by_order.setdefault(order, set()).add(student)
+        self.by_student.setdefault(student, set()).add(order)
+
+    async def load_orders(self, conn: asyncpg.Connection, orders: list[str]) -> None:
+        """All kolable_students rows of these orders."""
+        todo = [o for o in orders if o not in self.loaded_orders]
+        if not todo:
+            return
+        for r in await conn.fetch("SELECT student_key, order_id FROM kolable_students WHERE order_id = ANY($1::text[])",
+                                  todo):
+            if r["order_id"] not in self.changed_students:
+                self._add_pair(r["student_key"], r["order_id"])
+        self.loaded_orders.update(todo)
+
+    async def load_students(self, conn: asyncpg.Connection, students: list[str]) -> None:
+        """Lock these students (sorted, after the shared import lock) and read all their rows."""
+        todo = [s for s in students if s not in self.loaded_students]
+        if not todo:
+            return
+        await self.lock(conn, [IMPORT_LOCK], shared=True)
+        await self.lock(conn, [f"kolable-student:{s}" for s in todo])
+        for r in await conn.fetch(
+                "SELECT student_key, order_id FROM kolable_students WHERE student_key = ANY($1::text[])", todo):
+            if r["order_id"] not in self.changed_students:
+                self._add_pair(r["student_key"], r["order_id"])
+        self.loaded_students.update(todo)
+
+    async def load_facts(self, conn: asyncpg.Connection, orders: list[str]) -> None:
+        todo = [o for o in orders if o not in self.loaded_facts]
+        if not todo:
+            return
+        for o, facts in (await _provider_facts_with_ids(conn, todo)).items():
+            for fact_event_id, fact in facts:
+                self.fact_ids.add(fact_event_id)
+                self.facts.setdefault(o, []).append(fact)
+        self.loaded_facts.update(todo)
+
+    def students_of(self, order: str) -> set[str]:
+        return self.by_order.get(order, set())
+
+    def orders_of(self, student: str) -> set[str]:
+        return self.by_student.get(student, set())
+
+    def record_fact(self, order_id: str, fact_event_id: Any, fact: UpstreamFact) -> bool:
+        if fact_event_id in self.fact_ids:
+            return False
+        self.fact_ids.add(fact_event_id)
+        self.facts.setdefault(order_id, []).append(fact)
+        self.known_orders.add(order_id)
+        self.new_facts.append((fact_event_id, order_id, fact.event_type, fact.schema_version, fact.to_data(),
+                               fact.occurred_at))
+        return True
+
+    def set_students(self, order_id: str, students: list[str]) -> None:
+        """The order's kolable_students rows are now exactly `students` (as _save_read_model writes them)."""
+        for s in self.by_order.pop(order_id, set()):
+            self.by_student.get(s, set()).discard(order_id)
+        for s in students:
+            self._add_pair(s, order_id)
+        self.changed_students.add(order_id)
+
+
+async def _provider_facts_with_ids(conn: asyncpg.Connection,
+                                   order_ids: list[str]) -> dict[str, list[tuple[Any, UpstreamFact]]]:
+    out: dict[str, list[tuple[Any, UpstreamFact]]] = {}
+    for row in await conn.fetch(
+            "SELECT fact_event_id, order_id, event_type, schema_version, data FROM kolable_provider_facts"
+            " WHERE order_id = ANY($1::text[])", order_ids):
+        fact = registry.decode(row["event_type"], row["schema_version"], row["data"])
+        assert isinstance(fact, UpstreamFact)
+        out.setdefault(row["order_id"], []).append((row["fact_event_id"], fact))
+    return out
+
+
 @dataclass
 class KolableService:
     store: EventStore
@@ -229,17 +347,22 @@ class KolableService:
 
     # --- provider facts (Stripe) -----------------------------------------------------------
 
-    async def owns(self, conn: asyncpg.Connection, order_id: str, fact: UpstreamFact) -> bool:
+    async def owns(self, conn: asyncpg.Connection, order_id: str, fact: UpstreamFact, batch: Any = None) -> bool:
         """Whether a provider fact concerns a Kolable order: its payment metadata names a course, or
         the order is known here already (a refund or dispute names only the charge)."""
         if belongs_to_kolable(fact):
             return True
+        if batch is not None and batch.kolable is not None:
+            return await batch.kolable.known(conn, order_id)
         return bool(await conn.fetchval(
             "SELECT EXISTS (SELECT 1 FROM kolable_orders WHERE order_id = $1)"
             " OR EXISTS (SELECT 1 FROM kolable_provider_facts WHERE order_id = $1)", order_id))
 
-    async def on_upstream_fact(self, uow: UnitOfWork, fact: UpstreamFact, order_id: str, fact_event_id: Any) -> str:
+    async def on_upstream_fact(self, uow: UnitOfWork, fact: UpstreamFact, order_id: str, fact_event_id: Any,
+                               batch: Any = None) -> str:
         """Record a provider fact of a Kolable order and classify the student's orders again."""
+        if batch is not None and batch.kolable is not None:
+            return await self._on_fact_in_batch(uow, batch.kolable, fact, order_id, fact_event_id)
         conn = uow.conn
         await conn.execute("SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 0))", IMPORT_LOCK)
         stored = await conn.fetchval(
@@ -261,6 +384,104 @@ class KolableService:
         await self._reclassify(uow, {order_id: order}, [order], students, self.clock())
         after = order.status.value if order.status else None
         return f"kolable: {before.value if before else 'new'} -> {after}"
+
+    # --- provider facts, a batch at a time (application/batch.py) ---------------------------
+
+    async def prepare_batch(self, uow: UnitOfWork, orders: list[str], facts: list[UpstreamFact],
+                            locks: set[str]) -> KolableBatch:
+        """Read, for a batch of facts of `orders` (already locked), what on_upstream_fact would read one
+        by one: which orders are known here, their students (locked, sorted, under the shared import
+        lock), the students' orders, their provider facts and KolableOrder aggregates."""
+        kb = KolableBatch(locks)
+        named = {student_key(n) for f in facts
+                 if (n := ((getattr(f, "metadata", None) or {}).get(STUDENT_KEY) or "").strip())}
+        if not orders:
+            return kb
+        await kb.known_many(uow.conn, orders)
+        if not kb.known_orders and not any(belongs_to_kolable(f) for f in facts):
+            return kb  # no Kolable order in this batch
+        await kb.load_orders(uow.conn, orders)
+        students = {s for o in orders for s in kb.students_of(o)} | named
+        await kb.load_students(uow.conn, sorted(students))
+        group = sorted({o for s in students for o in kb.orders_of(s)} | set(orders))
+        await kb.load_facts(uow.conn, group)
+        await uow.load_many([(KolableOrder, o) for o in group])
+        return kb
+
+    async def _on_fact_in_batch(self, uow: UnitOfWork, kb: KolableBatch, fact: UpstreamFact, order_id: str,
+                                fact_event_id: Any) -> str:
+        """on_upstream_fact for a fact of a batch: the same steps on the batch's copy of the tables."""
+        conn = uow.conn
+        await kb.lock(conn, [IMPORT_LOCK], shared=True)
+        await kb.load_facts(conn, [order_id])
+        if not kb.record_fact(order_id, fact_event_id, fact):
+            return "kolable: already recorded"
+        await kb.load_orders(conn, [order_id])
+        students = set(kb.students_of(order_id))
+        named = (getattr(fact, "metadata", None) or {}).get(STUDENT_KEY, "").strip()
+        if named:
+            students.add(student_key(named))
+        await kb.load_students(conn, sorted(students))
+        order = await uow.load(KolableOrder, order_id)
+        before = order.status
+        at = self.clock()
+        group: dict[str, KolableOrder] = {order_id: order}
+        missing = sorted({o for s in students for o in kb.orders_of(s)} - set(group))
+        await kb.load_facts(conn, missing)
+        for agg in await uow.load_many([(KolableOrder, oid) for oid in missing]):
+            assert isinstance(agg, KolableOrder)
+            group[agg.id] = agg
+        records: dict[str, OrderRecord] = {}
+        facts: list[PaymentFact] = []
+        for member in group.values():
+            provider_record, provider_facts = provider_inputs(member.id, kb.facts.get(member.id, []))
+            record = OrderRecord.from_row(member.row) if member.row is not None else provider_record
+            if record is not None:
+                records[member.id] = record
+            if member.row is not None:
+                facts.extend(facts_from_row(member.row))
+            facts.extend(provider_facts)
+        touched: dict[str, KolableOrder] = {order_id: order}
+        for classification in classify(list(records.values()), facts):
+            classified = group.get(classification.order_id)
+            if classified is not None and classified.record_classification(classification, at):
+                touched[classified.id] = classified
+        for o in touched.values():
+            r = records.get(o.id)
+            kb.rows[o.id] = (o.id, r.student_id if r else None, r.course_id if r else None,
+                             o.status.value if o.status else None,
+                             o.classification.model_dump(mode="json") if o.classification else None,
+                             _decision_json(o), at)
+            kb.known_orders.add(o.id)
+        r = records.get(order_id)
+        kb.set_students(order_id, [student_key(r.student_id)] if r and r.student_id else [])
+        after = order.status.value if order.status else None
+        return f"kolable: {before.value if before else 'new'} -> {after}"
+
+    async def save_batch(self, conn: asyncpg.Connection, kb: KolableBatch) -> None:
+        """Write a batch's provider facts and read model rows (the final state of each row)."""
+        if kb.new_facts:
+            await conn.executemany(
+                """INSERT INTO kolable_provider_facts (fact_event_id, order_id, event_type, schema_version, data,
+                                                       occurred_at)
+                   VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (fact_event_id) DO NOTHING""", kb.new_facts)
+        if kb.rows:
+            await conn.executemany(
+                """INSERT INTO kolable_orders (order_id, student_id, course_id, status, classification, decision,
+                                               updated_at)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7)
+                   ON CONFLICT (order_id) DO UPDATE SET student_id = EXCLUDED.student_id,
+                       course_id = EXCLUDED.course_id, status = EXCLUDED.status,
+                       classification = EXCLUDED.classification, decision = EXCLUDED.decision,
+                       updated_at = EXCLUDED.updated_at""", list(kb.rows.values()))
+        if kb.changed_students:
+            ids = sorted(kb.changed_students)
+            await conn.execute("DELETE FROM kolable_students WHERE order_id = ANY($1::text[])", ids)
+            pairs = [(s, o) for o in ids for s in sorted(kb.by_order.get(o, ()))]
+            if pairs:
+                await conn.execute(
+                    "INSERT INTO kolable_students (student_key, order_id) SELECT * FROM unnest($1::text[], $2::text[])",
+                    [p[0] for p in pairs], [p[1] for p in pairs])
 
     # --- scorecard ------------------------------------------------------------------------
 

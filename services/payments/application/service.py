@@ -19,6 +19,7 @@ from libs.domain.errors import DomainError
 from libs.domain.events import DomainEvent, registry
 from libs.eventstore import EventStore
 from services.orders.domain import events as orders_ev
+from services.payments.application.batch import BatchUnitOfWork, UpstreamBatch, lock_many
 from services.payments.application.contract import CONTRACT_CATEGORY, contract_events
 from services.payments.application.disputes import apply_disputes
 from services.payments.application.refunds import RefundsService
@@ -42,10 +43,16 @@ log = logging.getLogger("closeloop.payments")
 class KolableFacts(Protocol):
     """What the upstream routing needs of the Kolable reconciliation."""
 
-    async def owns(self, conn: asyncpg.Connection, order_id: str, fact: UpstreamFact) -> bool: ...
+    async def owns(self, conn: asyncpg.Connection, order_id: str, fact: UpstreamFact,
+                   batch: Any = None) -> bool: ...
 
     async def on_upstream_fact(self, uow: UnitOfWork, fact: UpstreamFact, order_id: str,
-                               fact_event_id: Any) -> str: ...
+                               fact_event_id: Any, batch: Any = None) -> str: ...
+
+    async def prepare_batch(self, uow: UnitOfWork, orders: list[str], facts: list[UpstreamFact],
+                            locks: set[str]) -> Any: ...
+
+    async def save_batch(self, conn: asyncpg.Connection, kb: Any) -> None: ...
 
 
 class PaymentContract(Aggregate):
@@ -164,7 +171,8 @@ class PaymentsService:
                                                replaces_voucher_id=grant.replaces)))
 
     # --- upstream facts --------------------------------------------------------------------
-    async def on_upstream_fact(self, uow: UnitOfWork, fact: UpstreamFact, fact_event_id: Any) -> str:
+    async def on_upstream_fact(self, uow: UnitOfWork, fact: UpstreamFact, fact_event_id: Any,
+                               batch: UpstreamBatch | None = None) -> str:
         """Apply a stored upstream fact; park it while its order cannot be found. Returns what
         happened (for logs and tests).
 
@@ -178,10 +186,16 @@ class PaymentsService:
         A fact that taught the index a new charge or PaymentIntent id releases the facts that were
         parked waiting for it (a refund or dispute delivered before its charge), which then run
         through this same routing. Every handler is idempotent: a parked fact may be seen twice.
+
+        With `batch` (on_upstream_facts), the index, the locks and the parking are the batch's
+        (application/batch.py), which answers as the database would at this point of a one-by-one run.
         """
         refs = fact.order_ref.index_entries()
         learned: list[str] = []
-        if refs:
+        if batch is not None:
+            learned = batch.learn(fact)
+            await lock_many(uow.conn, [f"payments-ref:{pid}" for pid in learned], batch.locks)
+        elif refs:
             rows = await uow.conn.fetch(
                 """INSERT INTO payments_upstream_refs (provider_payment_id, order_id)
                    SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT (provider_payment_id) DO NOTHING
@@ -192,13 +206,20 @@ class PaymentsService:
             await _lock_refs(uow.conn, learned)
         order_id = fact.order_ref.order_id
         ids = sorted({i for i in (fact.order_ref.charge_id, fact.order_ref.payment_intent_id) if i})
-        if order_id is None and ids:
+        if order_id is None and ids and batch is not None:
+            # The batch took the ids' locks before it read the index (prepare_batch).
+            await lock_many(uow.conn, [f"payments-ref:{pid}" for pid in ids], batch.locks)
+            order_id = batch.order_of(ids)
+        elif order_id is None and ids:
             order_id = await _order_of(uow.conn, ids)
             if order_id is None:
                 await _lock_refs(uow.conn, ids)
                 order_id = await _order_of(uow.conn, ids)
         if order_id is not None:
-            await _lock_order(uow.conn, order_id)
+            if batch is not None:
+                await lock_many(uow.conn, [f"payments-order:{order_id}"], batch.locks)
+            else:
+                await _lock_order(uow.conn, order_id)
         outcomes: list[str] = []
         if isinstance(fact, UpstreamDisputeFact) and self.on_dispute is not None:
             outcomes.append(await self.on_dispute(uow, fact, order_id))
@@ -207,28 +228,89 @@ class PaymentsService:
                 outcomes.append(f"data gap: {fact.data_gap}")
             else:
                 key = fact.order_ref.charge_id or ids[0]
-                await self._park(uow, fact_event_id, key, "order not known yet")
+                await self._park(uow, fact_event_id, key, "order not known yet", batch, fact)
                 outcomes.append("parked: order not known yet")
-        elif self.kolable is not None and await self.kolable.owns(uow.conn, order_id, fact):
-            outcomes.append(await self.kolable.on_upstream_fact(uow, fact, order_id, fact_event_id))
+        elif self.kolable is not None and await self.kolable.owns(uow.conn, order_id, fact, batch):
+            outcomes.append(await self.kolable.on_upstream_fact(uow, fact, order_id, fact_event_id, batch))
         elif not isinstance(fact, UpstreamDisputeFact):
-            outcomes.append(await self._on_transaction_fact(uow, fact, order_id, fact_event_id))
+            outcomes.append(await self._on_transaction_fact(uow, fact, order_id, fact_event_id, batch))
         if learned:
-            await self._release_parked(uow, learned)
+            await self._release_parked(uow, learned, batch)
         return "; ".join(outcomes) or "recorded"
 
+    async def on_upstream_facts(self, uow: BatchUnitOfWork, facts: list[tuple[UpstreamFact, Any]],
+                                positions: dict[Any, int]) -> list[str]:
+        """Apply stored upstream facts of one batch, in batch order, with the results of
+        `on_upstream_fact` one by one (application/batch.py). A DomainError from any of them
+        propagates: the caller then applies them one by one (bootstrap.wire)."""
+        batch = await self._prepare_batch(uow, facts, positions)
+        outcomes = []
+        for fact, fact_event_id in facts:
+            uow.use(reaction_context(correlation_id=fact.provider_event_id, causation_id=str(fact_event_id)))
+            outcomes.append(await self.on_upstream_fact(uow, fact, fact_event_id, batch))
+        await batch.save(uow.conn)
+        if batch.kolable is not None and self.kolable is not None:
+            await self.kolable.save_batch(uow.conn, batch.kolable)
+        await uow.flush()
+        return outcomes
+
+    async def _prepare_batch(self, uow: UnitOfWork, facts: list[tuple[UpstreamFact, Any]],
+                             positions: dict[Any, int]) -> UpstreamBatch:
+        """Index, locks and reads of a whole batch, set-based, in the one-by-one path's lock order."""
+        conn = uow.conn
+        batch = UpstreamBatch(positions)
+        entries: dict[str, str] = {}
+        for fact, _ in facts:
+            for pid, oid in fact.order_ref.index_entries().items():
+                entries.setdefault(pid, oid)  # the first fact to name an id is the one that learns it
+        ids = {i for fact, _ in facts for i in (fact.order_ref.charge_id, fact.order_ref.payment_intent_id) if i}
+        if entries:
+            rows = await conn.fetch(
+                """INSERT INTO payments_upstream_refs (provider_payment_id, order_id)
+                   SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT (provider_payment_id) DO NOTHING
+                   RETURNING provider_payment_id, order_id""", list(entries), list(entries.values()))
+            batch.ours = {r["provider_payment_id"]: r["order_id"] for r in rows}
+        # Ids learned, and ids a fact may park for (no order named): locked after the insert and before
+        # the index is read, as one by one (see on_upstream_fact).
+        unnamed = {i for fact, _ in facts if fact.order_ref.order_id is None
+                   for i in (fact.order_ref.charge_id, fact.order_ref.payment_intent_id) if i}
+        await lock_many(conn, [f"payments-ref:{pid}" for pid in sorted(set(batch.ours) | unnamed)], batch.locks)
+        wanted = sorted((ids | set(entries)) - set(batch.ours))
+        if wanted:
+            batch.refs = {r["provider_payment_id"]: r["order_id"] for r in await conn.fetch(
+                "SELECT provider_payment_id, order_id FROM payments_upstream_refs"
+                " WHERE provider_payment_id = ANY($1::text[])", wanted)}
+        # The orders the facts resolve to, in batch order (what is learned becomes visible on the way).
+        visible = dict(batch.refs)
+        orders: set[str] = set()
+        for fact, _ in facts:
+            for pid in fact.order_ref.index_entries():
+                if pid in batch.ours:
+                    visible.setdefault(pid, batch.ours[pid])
+            ref_ids = sorted({i for i in (fact.order_ref.charge_id, fact.order_ref.payment_intent_id) if i})
+            order_id = fact.order_ref.order_id or next((visible[i] for i in ref_ids if i in visible), None)
+            if order_id is not None:
+                orders.add(order_id)
+        await lock_many(conn, [f"payments-order:{o}" for o in sorted(orders)], batch.locks)
+        if self.kolable is not None:
+            batch.kolable = await self.kolable.prepare_batch(uow, sorted(orders), [f for f, _ in facts],
+                                                              batch.locks)
+        await uow.load_many([(cls, o) for o in sorted(orders) for cls in (Transaction, PaymentContract)])
+        await batch.load_stored_parked(conn, sorted(batch.ours))
+        return batch
+
     async def _on_transaction_fact(self, uow: UnitOfWork, fact: UpstreamFact, order_id: str,
-                                   fact_event_id: Any) -> str:
+                                   fact_event_id: Any, batch: UpstreamBatch | None = None) -> str:
         if fact.data_gap:
             return f"data gap: {fact.data_gap}"
         txn = await uow.load(Transaction, order_id)
         if not txn.exists:
-            await self._park(uow, fact_event_id, order_id, "transaction not opened yet")
+            await self._park(uow, fact_event_id, order_id, "transaction not opened yet", batch, fact)
             return "parked: transaction not opened yet"
         if _for_a_bill_not_seen_yet(txn, fact):
             # The customer paid the final bill (its id in the charge's metadata) before this service
             # saw the bill confirmed (the two reach it over different topics): wait for the bill.
-            await self._park(uow, fact_event_id, order_id, "bill not known yet")
+            await self._park(uow, fact_event_id, order_id, "bill not known yet", batch, fact)
             return "parked: bill not known yet"
         if isinstance(fact, UpstreamRefundUpdated | UpstreamChargeRefunded) and self.refunds is not None:
             outcome = await self.refunds.on_provider_refund(uow, txn, fact)
@@ -291,7 +373,11 @@ class PaymentsService:
             case _:
                 return "recorded"
 
-    async def _park(self, uow: UnitOfWork, fact_event_id: Any, key: str, reason: str) -> None:
+    async def _park(self, uow: UnitOfWork, fact_event_id: Any, key: str, reason: str,
+                    batch: UpstreamBatch | None = None, fact: UpstreamFact | None = None) -> None:
+        if batch is not None:
+            batch.park(fact_event_id, fact, key, reason)
+            return
         await uow.conn.execute(
             "INSERT INTO payments_parked_facts (fact_event_id, order_key, reason) VALUES ($1, $2, $3)"
             " ON CONFLICT DO NOTHING", fact_event_id, key, reason)
@@ -302,9 +388,15 @@ class PaymentsService:
             "SELECT provider_payment_id FROM payments_upstream_refs WHERE order_id = $1", order_id)]]
         await self._release_parked(uow, keys)
 
-    async def _release_parked(self, uow: UnitOfWork, keys: list[str]) -> None:
+    async def _release_parked(self, uow: UnitOfWork, keys: list[str], batch: UpstreamBatch | None = None) -> None:
         """Run again, in stored order, the parked facts waiting for one of `keys`. A fact the
-        rules refuse is logged and stays stored (the savepoint keeps the rest of the batch)."""
+        rules refuse is logged and stays stored (the savepoint keeps the rest of the batch). In a
+        batch, a refusal propagates instead (the batch is then applied one by one)."""
+        if batch is not None:
+            for parked in batch.release(keys):
+                if parked.fact is not None:
+                    await self.on_upstream_fact(uow, parked.fact, parked.fact_event_id, batch)
+            return
         rows = await uow.conn.fetch(
             "DELETE FROM payments_parked_facts WHERE order_key = ANY($1) RETURNING fact_event_id", keys)
         if not rows:

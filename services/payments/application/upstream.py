@@ -7,12 +7,18 @@ its normalised fact. Both carry ids derived from the provider's event id (uuid5)
 redelivery of the same event, by any channel and any number of times, is recognised by
 the event store itself and changes nothing. Unknown types are stored and acknowledged,
 never dropped.
+
+`ingest` stores and applies one event in its own transaction (the webhook). `ingest_batch` does a
+whole `payments.upstream` Kafka batch in one transaction: the events already stored are found in
+one query, every new receipt and fact is appended in one append_many, and the new facts are
+applied together (FactsHandler: application/batch.py), with the results of `ingest` one by one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -20,7 +26,15 @@ from typing import Any
 import asyncpg
 
 from libs.eventstore import EventStore, Metadata, NewEvent, WrongExpectedVersion
-from services.payments.domain.upstream import PROVIDER, event_uuid, normalise, parse_event, received_event
+from services.payments.domain.upstream import (
+    PROVIDER,
+    MalformedEvent,
+    StripeEvent,
+    event_uuid,
+    normalise,
+    parse_event,
+    received_event,
+)
 from services.payments.domain.upstream_events import ReceivedVia, UpstreamEventReceived, UpstreamFact
 
 MAX_ATTEMPTS = 5
@@ -44,27 +58,118 @@ class IngestOutcome:
 
 
 FactHandler = Callable[[asyncpg.Connection, UpstreamFact, Any], Awaitable[str]]
+# (connection, [(fact, fact event id)] in batch order, event id -> global position) -> outcomes
+FactsHandler = Callable[[asyncpg.Connection, list[tuple[UpstreamFact, uuid.UUID]], dict[uuid.UUID, int]],
+                        Awaitable[list[str]]]
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    event: StripeEvent
+    received: UpstreamEventReceived
+    fact: UpstreamFact | None
+    meta: Metadata
+    stream_id: str
+    received_id: uuid.UUID
+    fact_id: uuid.UUID
 
 
 class UpstreamIngestor:
-    def __init__(self, store: EventStore, clock: Callable[[], datetime], on_fact: FactHandler | None = None) -> None:
+    def __init__(self, store: EventStore, clock: Callable[[], datetime], on_fact: FactHandler | None = None,
+                 on_facts: FactsHandler | None = None) -> None:
         self.store = store
         self.clock = clock
         self.on_fact = on_fact
+        self.on_facts = on_facts
         self.outcomes: dict[str, int] = {}
 
-    async def ingest(self, raw: bytes | str | Mapping[str, Any], *, via: ReceivedVia,
-                     signature_verified: bool) -> IngestOutcome:
-        """Store one provider event (and its fact) and apply the fact, in one transaction.
-        Raises MalformedEvent (nothing stored) for a body that is not a usable Stripe event."""
+    def _count(self, outcome: str) -> None:
+        kind = outcome.split(":")[0]
+        self.outcomes[kind] = self.outcomes.get(kind, 0) + 1
+
+    def _prepare(self, raw: bytes | str | Mapping[str, Any], via: ReceivedVia, signature_verified: bool) -> _Prepared:
         event = parse_event(raw)
         received = received_event(event, via=via, signature_verified=signature_verified, received_at=self.clock())
         fact = normalise(event)
         order_id = fact.order_ref.order_id if fact is not None else None
         meta = Metadata(actor=f"{PROVIDER}:{via.value}", role="service",
                         correlation_id=f"order-{order_id}" if order_id else event.id)
-        stream_id = upstream_stream_id(event.id)
-        fact_id = event_uuid(PROVIDER, event.id, "fact")
+        return _Prepared(event, received, fact, meta, upstream_stream_id(event.id), event_uuid(PROVIDER, event.id),
+                         event_uuid(PROVIDER, event.id, "fact"))
+
+    async def ingest_batch(self, raws: Sequence[bytes | str | Mapping[str, Any]], *,
+                           via: ReceivedVia) -> list[IngestOutcome | MalformedEvent]:
+        """Store and apply a batch of provider events (in the order given) in one transaction. Returns,
+        per event, its outcome, or the MalformedEvent that kept it out (nothing stored for it); an
+        event given twice is a duplicate the second time. A concurrent writer of the same events (the
+        webhook) or a deadlock makes the batch run again, which then finds them stored."""
+        results: list[IngestOutcome | MalformedEvent | None] = [None] * len(raws)
+        prepared: dict[str, _Prepared] = {}
+        slots: list[tuple[int, str]] = []
+        for i, raw in enumerate(raws):
+            try:
+                p = self._prepare(raw, via, signature_verified=False)
+            except MalformedEvent as exc:
+                results[i] = exc
+                continue
+            prepared.setdefault(p.event.id, p)
+            slots.append((i, p.event.id))
+        fresh: set[str] = set()
+        attempt = 0
+        while prepared:
+            attempt += 1
+            try:
+                fresh = await self._store_batch(list(prepared.values()))
+                break
+            except (WrongExpectedVersion, asyncpg.exceptions.DeadlockDetectedError):
+                if attempt >= MAX_ATTEMPTS:
+                    raise
+                await asyncio.sleep(0.01 * attempt)
+        first: set[str] = set()
+        for i, eid in slots:
+            p = prepared[eid]
+            duplicate = eid in first or eid not in fresh
+            first.add(eid)
+            results[i] = IngestOutcome(eid, p.event.type, duplicate, p.fact, p.stream_id)
+        return [r for r in results if r is not None]
+
+    async def _store_batch(self, batch: list[_Prepared]) -> set[str]:
+        async with self.store.transaction() as conn:
+            ids = [p.received_id for p in batch] + [p.fact_id for p in batch if p.fact is not None]
+            stored = {r["event_id"] for r in await conn.fetch(
+                "SELECT event_id FROM events WHERE event_id = ANY($1::uuid[])", ids)}
+            appends: list[tuple[str, int | None, list[NewEvent]]] = []
+            new_facts: list[tuple[UpstreamFact, uuid.UUID]] = []
+            fresh: set[str] = set()
+            for p in batch:
+                events = []
+                if p.received_id not in stored:
+                    events.append(NewEvent(p.received.event_type, p.received.to_data(), p.meta,
+                                           p.received.schema_version, event_id=p.received_id))
+                if p.fact is not None and p.fact_id not in stored:
+                    # An event stored before its type was supported (received only) gets its fact now.
+                    events.append(NewEvent(p.fact.event_type, p.fact.to_data(), p.meta, p.fact.schema_version,
+                                           event_id=p.fact_id))
+                    new_facts.append((p.fact, p.fact_id))
+                if events:
+                    appends.append((p.stream_id, None, events))
+                    fresh.add(p.event.id)
+            results = await self.store.append_many(appends, conn=conn)
+            positions = {eid: pos for r in results for eid, pos in zip(r.event_ids, r.global_positions, strict=True)}
+            if new_facts and self.on_facts is not None:
+                for outcome in await self.on_facts(conn, new_facts, positions):
+                    self._count(outcome)
+            elif new_facts and self.on_fact is not None:
+                for fact, fact_id in new_facts:
+                    self._count(await self.on_fact(conn, fact, fact_id))
+        return fresh
+
+    async def ingest(self, raw: bytes | str | Mapping[str, Any], *, via: ReceivedVia,
+                     signature_verified: bool) -> IngestOutcome:
+        """Store one provider event (and its fact) and apply the fact, in one transaction.
+        Raises MalformedEvent (nothing stored) for a body that is not a usable Stripe event."""
+        p = self._prepare(raw, via, signature_verified)
+        event, received, fact, meta, stream_id, fact_id = p.event, p.received, p.fact, p.meta, p.stream_id, p.fact_id
         attempt = 0
         while True:
             attempt += 1
@@ -92,6 +197,5 @@ class UpstreamIngestor:
                     fact.event_type, fact.to_data(), meta, fact.schema_version, event_id=fact_id)], conn=conn)
                 duplicate = duplicate and second.replayed
                 if not second.replayed and self.on_fact is not None:
-                    outcome = await self.on_fact(conn, fact, fact_id)
-                    self.outcomes[outcome.split(":")[0]] = self.outcomes.get(outcome.split(":")[0], 0) + 1
+                    self._count(await self.on_fact(conn, fact, fact_id))
         return duplicate
