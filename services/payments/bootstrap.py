@@ -36,7 +36,7 @@ from services.payments.application.batch import BatchUnitOfWork
 from services.payments.application.disputes import DisputesService
 from services.payments.application.kolable import KolableService
 from services.payments.application.refunds import RefundsService
-from services.payments.application.service import PaymentsService, reaction_context
+from services.payments.application.service import PaymentsService, StoreFacts, reaction_context
 from services.payments.application.transactions import TransactionsService
 from services.payments.application.upstream import UpstreamIngestor
 from services.payments.application.vouchers import VouchersService
@@ -184,16 +184,14 @@ def wire(store: EventStore, policies: list[CancellationPolicy], wallet_policy: W
     # Dispute facts: the Dispute aggregate, its read model, refunds frozen / held / released.
     service.on_dispute = DisputesService(store, policies, clock, service.publish_contract).on_fact
 
-    async def on_facts(conn: Any, facts: list[tuple[Any, Any]], positions: dict[Any, int]) -> list[str]:
+    async def on_facts(conn: Any, facts: list[tuple[Any, Any]], store_facts: StoreFacts) -> list[str]:
         # A Kafka batch's facts set-based (application/batch.py); if the rules refuse one of them,
         # the batch's facts are applied one by one instead, each in its savepoint (on_fact).
-        try:
-            async with conn.transaction():  # savepoint
-                uow = BatchUnitOfWork(store, conn, reaction_context("upstream-batch", "upstream-batch"))
-                return await service.on_upstream_facts(uow, facts, positions)
-        except DomainError as exc:
-            log.info("upstream batch of %d facts applied one by one: %s", len(facts), exc)
-        return [await on_fact(conn, fact, fact_id) for fact, fact_id in facts]
+        async def one_by_one(todo: list[tuple[Any, Any]]) -> list[str]:
+            return [await on_fact(conn, fact, fact_id) for fact, fact_id in todo]
+
+        uow = BatchUnitOfWork(store, conn, reaction_context("upstream-batch", "upstream-batch"))
+        return await service.on_upstream_facts(uow, facts, store_facts, one_by_one)
 
     async def on_fact(conn: Any, fact: Any, fact_id: Any) -> str:
         ctx = reaction_context(correlation_id=fact.provider_event_id, causation_id=str(fact_id))

@@ -129,7 +129,7 @@ def build_stream() -> Stream:
     # A refund report delivered before its charge (no metadata: parked until the charge names the order).
     first = charge_succeeded(early[1][0], 100)
     mixed = [json.dumps(e).encode() for e in extra]
-    bodies = bodies[:5] + [json.dumps(refund_report(first, 100, {})).encode()] + bodies[5:]
+    bodies = [*bodies[:5], json.dumps(refund_report(first, 100, {})).encode(), *bodies[5:]]
     for i, body in enumerate(mixed):
         bodies.insert(17 + i * 23, body)
     bodies.insert(BATCH * 2 + 3, json.dumps(first).encode())  # the charge comes in a later batch
@@ -183,7 +183,7 @@ async def one_by_one(dsn: str, stream: Stream) -> dict[str, Any]:
         await deliver_orders(store, services, stream.early)
         for i, body in enumerate(stream.bodies):
             try:
-                await services.ingestor.ingest(body, via=ReceivedVia.KAFKA, signature_verified=False)
+                await services.ingestor.ingest_unbatched(body, via=ReceivedVia.KAFKA, signature_verified=False)
             except MalformedEvent:
                 assert i == stream.malformed
         await deliver_orders(store, services, stream.late)

@@ -38,6 +38,9 @@ from services.payments.domain.upstream_events import (
 from services.payments.domain.voucher import CompensationGrant, Voucher, VoucherKind, VoucherTerms
 
 log = logging.getLogger("closeloop.payments")
+# A batch's store step: appends the facts not stored yet; returns them and event id -> global position.
+StoreFacts = Callable[[], Awaitable[tuple[list[tuple[UpstreamFact, Any]], dict[Any, int]]]]
+ApplyFacts = Callable[[list[tuple[UpstreamFact, Any]]], Awaitable[list[str]]]
 
 
 class KolableFacts(Protocol):
@@ -238,55 +241,62 @@ class PaymentsService:
             await self._release_parked(uow, learned, batch)
         return "; ".join(outcomes) or "recorded"
 
-    async def on_upstream_facts(self, uow: BatchUnitOfWork, facts: list[tuple[UpstreamFact, Any]],
-                                positions: dict[Any, int]) -> list[str]:
-        """Apply stored upstream facts of one batch, in batch order, with the results of
-        `on_upstream_fact` one by one (application/batch.py). A DomainError from any of them
-        propagates: the caller then applies them one by one (bootstrap.wire)."""
-        batch = await self._prepare_batch(uow, facts, positions)
-        outcomes = []
-        for fact, fact_event_id in facts:
-            uow.use(reaction_context(correlation_id=fact.provider_event_id, causation_id=str(fact_event_id)))
-            outcomes.append(await self.on_upstream_fact(uow, fact, fact_event_id, batch))
-        await batch.save(uow.conn)
-        if batch.kolable is not None and self.kolable is not None:
-            await self.kolable.save_batch(uow.conn, batch.kolable)
-        await uow.flush()
-        return outcomes
+    async def on_upstream_facts(self, uow: BatchUnitOfWork, candidates: list[tuple[UpstreamFact, Any]],
+                                store: StoreFacts, one_by_one: ApplyFacts) -> list[str]:
+        """Apply a batch of upstream facts, in batch order, with the results of `on_upstream_fact`
+        one by one (application/batch.py). `candidates` are the batch's facts; `store` appends the
+        ones not stored yet and returns them (with the events' positions): only those are applied.
+        Every lock is taken before anything is written (so that this transaction's id is younger
+        than that of every writer it waited for). If the rules refuse one of the facts, the batch's
+        work rolls back to a savepoint and `one_by_one` applies them instead, each in its savepoint."""
+        batch = await self._prepare_batch(uow, candidates)
+        facts, batch.positions = await store()
+        if not facts:
+            return []
+        try:
+            async with uow.conn.transaction():  # savepoint
+                await self._insert_index(uow.conn, batch, facts)
+                outcomes = []
+                for fact, fact_event_id in facts:
+                    uow.use(reaction_context(correlation_id=fact.provider_event_id, causation_id=str(fact_event_id)))
+                    outcomes.append(await self.on_upstream_fact(uow, fact, fact_event_id, batch))
+                await batch.save(uow.conn)
+                if batch.kolable is not None and self.kolable is not None:
+                    await self.kolable.save_batch(uow.conn, batch.kolable)
+                await uow.flush()
+                return outcomes
+        except DomainError as exc:
+            log.info("upstream batch of %d facts applied one by one: %s", len(facts), exc)
+        return await one_by_one(facts)
 
-    async def _prepare_batch(self, uow: UnitOfWork, facts: list[tuple[UpstreamFact, Any]],
-                             positions: dict[Any, int]) -> UpstreamBatch:
-        """Index, locks and reads of a whole batch, set-based, in the one-by-one path's lock order."""
+    async def _prepare_batch(self, uow: UnitOfWork, facts: list[tuple[UpstreamFact, Any]]) -> UpstreamBatch:
+        """Locks and reads of a whole batch, set-based, in the one-by-one path's lock order, before
+        anything is written. The ids a fact may learn (its index entries not in the index yet) and
+        those it may park for (no order named) are locked before the index is read: a parker of one
+        of them then either waits for this batch or is seen by it (see on_upstream_fact)."""
         conn = uow.conn
-        batch = UpstreamBatch(positions)
+        batch = UpstreamBatch({})
         entries: dict[str, str] = {}
         for fact, _ in facts:
             for pid, oid in fact.order_ref.index_entries().items():
                 entries.setdefault(pid, oid)  # the first fact to name an id is the one that learns it
         ids = {i for fact, _ in facts for i in (fact.order_ref.charge_id, fact.order_ref.payment_intent_id) if i}
-        if entries:
-            rows = await conn.fetch(
-                """INSERT INTO payments_upstream_refs (provider_payment_id, order_id)
-                   SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT (provider_payment_id) DO NOTHING
-                   RETURNING provider_payment_id, order_id""", list(entries), list(entries.values()))
-            batch.ours = {r["provider_payment_id"]: r["order_id"] for r in rows}
-        # Ids learned, and ids a fact may park for (no order named): locked after the insert and before
-        # the index is read, as one by one (see on_upstream_fact).
         unnamed = {i for fact, _ in facts if fact.order_ref.order_id is None
                    for i in (fact.order_ref.charge_id, fact.order_ref.payment_intent_id) if i}
-        await lock_many(conn, [f"payments-ref:{pid}" for pid in sorted(set(batch.ours) | unnamed)], batch.locks)
-        wanted = sorted((ids | set(entries)) - set(batch.ours))
+        await lock_many(conn, [f"payments-ref:{pid}" for pid in sorted(set(entries) | unnamed)], batch.locks)
+        wanted = sorted(ids | set(entries))
         if wanted:
             batch.refs = {r["provider_payment_id"]: r["order_id"] for r in await conn.fetch(
                 "SELECT provider_payment_id, order_id FROM payments_upstream_refs"
                 " WHERE provider_payment_id = ANY($1::text[])", wanted)}
+        candidates = {pid: oid for pid, oid in entries.items() if pid not in batch.refs}
         # The orders the facts resolve to, in batch order (what is learned becomes visible on the way).
         visible = dict(batch.refs)
         orders: set[str] = set()
         for fact, _ in facts:
             for pid in fact.order_ref.index_entries():
-                if pid in batch.ours:
-                    visible.setdefault(pid, batch.ours[pid])
+                if pid in candidates:
+                    visible.setdefault(pid, candidates[pid])
             ref_ids = sorted({i for i in (fact.order_ref.charge_id, fact.order_ref.payment_intent_id) if i})
             order_id = fact.order_ref.order_id or next((visible[i] for i in ref_ids if i in visible), None)
             if order_id is not None:
@@ -296,8 +306,26 @@ class PaymentsService:
             batch.kolable = await self.kolable.prepare_batch(uow, sorted(orders), [f for f, _ in facts],
                                                               batch.locks)
         await uow.load_many([(cls, o) for o in sorted(orders) for cls in (Transaction, PaymentContract)])
-        await batch.load_stored_parked(conn, sorted(batch.ours))
+        await batch.load_stored_parked(conn, sorted(candidates))
         return batch
+
+    async def _insert_index(self, conn: asyncpg.Connection, batch: UpstreamBatch,
+                            facts: list[tuple[UpstreamFact, Any]]) -> None:
+        """The index entries of the batch's facts in one statement; those it inserted become visible to
+        the batch's facts when the first fact naming them runs (UpstreamBatch.learn)."""
+        entries: dict[str, str] = {}
+        for fact, _ in facts:
+            for pid, oid in fact.order_ref.index_entries().items():
+                entries.setdefault(pid, oid)
+        if entries:
+            rows = await conn.fetch(
+                """INSERT INTO payments_upstream_refs (provider_payment_id, order_id)
+                   SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT (provider_payment_id) DO NOTHING
+                   RETURNING provider_payment_id, order_id""", list(entries), list(entries.values()))
+            batch.ours = {r["provider_payment_id"]: r["order_id"] for r in rows}
+        for pid in batch.ours:  # inserted meanwhile by someone else: visible as stored
+            batch.refs.pop(pid, None)
+        await lock_many(conn, [f"payments-ref:{pid}" for pid in sorted(batch.ours)], batch.locks)
 
     async def _on_transaction_fact(self, uow: UnitOfWork, fact: UpstreamFact, order_id: str,
                                    fact_event_id: Any, batch: UpstreamBatch | None = None) -> str:

@@ -17,6 +17,7 @@ applied together (FactsHandler: application/batch.py), with the results of `inge
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from services.payments.domain.upstream import (
 from services.payments.domain.upstream_events import ReceivedVia, UpstreamEventReceived, UpstreamFact
 
 MAX_ATTEMPTS = 5
+log = logging.getLogger("closeloop.payments")
 
 
 def upstream_stream_id(provider_event_id: str) -> str:
@@ -58,8 +60,11 @@ class IngestOutcome:
 
 
 FactHandler = Callable[[asyncpg.Connection, UpstreamFact, Any], Awaitable[str]]
-# (connection, [(fact, fact event id)] in batch order, event id -> global position) -> outcomes
-FactsHandler = Callable[[asyncpg.Connection, list[tuple[UpstreamFact, uuid.UUID]], dict[uuid.UUID, int]],
+# (connection, the batch's facts [(fact, fact event id)] in batch order, store) -> outcomes of the new
+# facts. `store()` appends what is not stored yet and returns the new facts and event id -> position;
+# the handler calls it once, after taking its locks (application/service.py on_upstream_facts).
+StoreStep = Callable[[], Awaitable[tuple[list[tuple[UpstreamFact, uuid.UUID]], dict[Any, int]]]]
+FactsHandler = Callable[[asyncpg.Connection, list[tuple[UpstreamFact, uuid.UUID]], StoreStep],
                         Awaitable[list[str]]]
 
 
@@ -97,8 +102,8 @@ class UpstreamIngestor:
         return _Prepared(event, received, fact, meta, upstream_stream_id(event.id), event_uuid(PROVIDER, event.id),
                          event_uuid(PROVIDER, event.id, "fact"))
 
-    async def ingest_batch(self, raws: Sequence[bytes | str | Mapping[str, Any]], *,
-                           via: ReceivedVia) -> list[IngestOutcome | MalformedEvent]:
+    async def ingest_batch(self, raws: Sequence[bytes | str | Mapping[str, Any]], *, via: ReceivedVia,
+                           signature_verified: bool = False) -> list[IngestOutcome | MalformedEvent]:
         """Store and apply a batch of provider events (in the order given) in one transaction. Returns,
         per event, its outcome, or the MalformedEvent that kept it out (nothing stored for it); an
         event given twice is a duplicate the second time. A concurrent writer of the same events (the
@@ -108,7 +113,7 @@ class UpstreamIngestor:
         slots: list[tuple[int, str]] = []
         for i, raw in enumerate(raws):
             try:
-                p = self._prepare(raw, via, signature_verified=False)
+                p = self._prepare(raw, via, signature_verified)
             except MalformedEvent as exc:
                 results[i] = exc
                 continue
@@ -121,9 +126,11 @@ class UpstreamIngestor:
             try:
                 fresh = await self._store_batch(list(prepared.values()))
                 break
-            except (WrongExpectedVersion, asyncpg.exceptions.DeadlockDetectedError):
+            except (WrongExpectedVersion, asyncpg.exceptions.DeadlockDetectedError) as exc:
                 if attempt >= MAX_ATTEMPTS:
                     raise
+                log.info("upstream batch of %d events runs again (%d): %s", len(prepared), attempt,
+                         type(exc).__name__)
                 await asyncio.sleep(0.01 * attempt)
         first: set[str] = set()
         for i, eid in slots:
@@ -134,40 +141,58 @@ class UpstreamIngestor:
         return [r for r in results if r is not None]
 
     async def _store_batch(self, batch: list[_Prepared]) -> set[str]:
+        fresh: set[str] = set()
         async with self.store.transaction() as conn:
-            ids = [p.received_id for p in batch] + [p.fact_id for p in batch if p.fact is not None]
-            stored = {r["event_id"] for r in await conn.fetch(
-                "SELECT event_id FROM events WHERE event_id = ANY($1::uuid[])", ids)}
-            appends: list[tuple[str, int | None, list[NewEvent]]] = []
-            new_facts: list[tuple[UpstreamFact, uuid.UUID]] = []
-            fresh: set[str] = set()
-            for p in batch:
-                events = []
-                if p.received_id not in stored:
-                    events.append(NewEvent(p.received.event_type, p.received.to_data(), p.meta,
-                                           p.received.schema_version, event_id=p.received_id))
-                if p.fact is not None and p.fact_id not in stored:
-                    # An event stored before its type was supported (received only) gets its fact now.
-                    events.append(NewEvent(p.fact.event_type, p.fact.to_data(), p.meta, p.fact.schema_version,
-                                           event_id=p.fact_id))
-                    new_facts.append((p.fact, p.fact_id))
-                if events:
-                    appends.append((p.stream_id, None, events))
-                    fresh.add(p.event.id)
-            results = await self.store.append_many(appends, conn=conn)
-            positions = {eid: pos for r in results for eid, pos in zip(r.event_ids, r.global_positions, strict=True)}
-            if new_facts and self.on_facts is not None:
-                for outcome in await self.on_facts(conn, new_facts, positions):
+            async def store() -> tuple[list[tuple[UpstreamFact, uuid.UUID]], dict[Any, int]]:
+                """Append what is not stored yet (one query, one append_many): the new facts and positions."""
+                ids = [p.received_id for p in batch] + [p.fact_id for p in batch if p.fact is not None]
+                stored = {r["event_id"] for r in await conn.fetch(
+                    "SELECT event_id FROM events WHERE event_id = ANY($1::uuid[])", ids)}
+                appends: list[tuple[str, int | None, list[NewEvent]]] = []
+                new_facts: list[tuple[UpstreamFact, uuid.UUID]] = []
+                for p in batch:
+                    events = []
+                    if p.received_id not in stored:
+                        events.append(NewEvent(p.received.event_type, p.received.to_data(), p.meta,
+                                               p.received.schema_version, event_id=p.received_id))
+                    if p.fact is not None and p.fact_id not in stored:
+                        # An event stored before its type was supported (received only) gets its fact now.
+                        events.append(NewEvent(p.fact.event_type, p.fact.to_data(), p.meta, p.fact.schema_version,
+                                               event_id=p.fact_id))
+                        new_facts.append((p.fact, p.fact_id))
+                    if events:
+                        appends.append((p.stream_id, None, events))
+                        fresh.add(p.event.id)
+                results = await self.store.append_many(appends, conn=conn)
+                return new_facts, {eid: pos for r in results
+                                   for eid, pos in zip(r.event_ids, r.global_positions, strict=True)}
+
+            if self.on_facts is not None:
+                candidates = [(p.fact, p.fact_id) for p in batch if p.fact is not None]
+                for outcome in await self.on_facts(conn, candidates, store):
                     self._count(outcome)
-            elif new_facts and self.on_fact is not None:
+            else:
+                new_facts, _ = await store()
                 for fact, fact_id in new_facts:
-                    self._count(await self.on_fact(conn, fact, fact_id))
+                    if self.on_fact is not None:
+                        self._count(await self.on_fact(conn, fact, fact_id))
         return fresh
 
     async def ingest(self, raw: bytes | str | Mapping[str, Any], *, via: ReceivedVia,
                      signature_verified: bool) -> IngestOutcome:
-        """Store one provider event (and its fact) and apply the fact, in one transaction.
+        """Store one provider event (and its fact) and apply the fact, in one transaction: a batch of
+        one, so that the webhook and the topic take their locks the same way, before writing.
         Raises MalformedEvent (nothing stored) for a body that is not a usable Stripe event."""
+        [result] = await self.ingest_batch([raw], via=via, signature_verified=signature_verified)
+        if isinstance(result, MalformedEvent):
+            raise result
+        return result
+
+    async def ingest_unbatched(self, raw: bytes | str | Mapping[str, Any], *, via: ReceivedVia,
+                               signature_verified: bool) -> IngestOutcome:
+        """The per-event path without the batch's set-based steps: two appends, then `on_fact`
+        (the rules one fact at a time, as a batch falls back to after a refusal). What any batch
+        must store is what this stores event after event (tests/integration/test_upstream_batch.py)."""
         p = self._prepare(raw, via, signature_verified)
         event, received, fact, meta, stream_id, fact_id = p.event, p.received, p.fact, p.meta, p.stream_id, p.fact_id
         attempt = 0
