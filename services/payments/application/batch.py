@@ -36,6 +36,7 @@ from typing import Any
 import asyncpg
 
 from libs.application.unit_of_work import CommandContext, UnitOfWork
+from libs.domain.aggregate import Aggregate
 from libs.domain.events import registry
 from libs.eventstore import AppendResult, EventStore, Metadata, NewEvent
 from services.payments.domain.upstream_events import UpstreamFact
@@ -63,21 +64,36 @@ class BatchUnitOfWork(UnitOfWork):
         super().__init__(store, conn, ctx)
         # stream id -> (version when marked, [(pending count up to which, metadata)])
         self._marks: dict[str, tuple[int, list[tuple[int, Metadata]]]] = {}
+        # Aggregates handed out since the last use(): only they can have recorded events meanwhile
+        # (the rules keep no aggregate from one fact to the next; flush() checks every one anyway).
+        self._handed: set[str] = set()
+
+    async def load_many(self, wanted: list[tuple[type[Aggregate], str]]) -> list[Aggregate]:
+        found = await super().load_many(wanted)
+        self._handed.update(a.stream_id for a in found)
+        return found
+
+    def add(self, agg: Aggregate) -> None:
+        super().add(agg)
+        self._handed.add(agg.stream_id)
 
     def use(self, ctx: CommandContext) -> None:
         """The next events are recorded for `ctx` (the next fact)."""
-        self._seal()
+        self._seal(self._handed)
+        self._handed = set()
         self.ctx = ctx
 
-    def _seal(self) -> None:
-        meta = self.ctx.metadata()
-        for sid, agg in self._tracked.items():
+    def _seal(self, stream_ids: Iterable[str]) -> None:
+        meta: Metadata | None = None
+        for sid in stream_ids:
+            agg = self._tracked[sid]
             n = len(agg._pending)
             version, marks = self._marks.get(sid, (agg.version, []))
             if version != agg.version:  # saved meanwhile (e.g. a Dispute appends itself)
                 marks = []
             done = marks[-1][0] if marks else 0
             if n > done:
+                meta = meta or self.ctx.metadata()
                 marks.append((n, meta))
             if marks:
                 self._marks[sid] = (agg.version, marks)
@@ -89,7 +105,7 @@ class BatchUnitOfWork(UnitOfWork):
         raise AssertionError(f"no metadata for event {index} of {sid}")
 
     async def flush(self) -> list[AppendResult]:
-        self._seal()
+        self._seal(self._tracked)
         dirty = [agg for agg in self._tracked.values() if agg.pending]
         if not dirty:
             return self.appended
