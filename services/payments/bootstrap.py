@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -106,7 +107,9 @@ def upstream_batch_handler(ingestor: UpstreamIngestor, stats: dict[str, int], na
         # stored once whatever the number of deliveries (its event ids derive from the provider's
         # id), so acknowledging after the commit is enough; an exception leaves the batch
         # unacknowledged, and when it comes again what was stored is recognised.
+        started = time.perf_counter()
         results = await ingestor.ingest_batch([record.value for record in records], via=ReceivedVia.KAFKA)
+        log.debug("upstream batch of %d records in %.3f s", len(records), time.perf_counter() - started)
         malformed: list[tuple[Source, MalformedEvent]] = []
         redriven: list[int] = []
         for record, result in zip(records, results, strict=True):
