@@ -101,7 +101,9 @@ class _Measure:
             elapsed = time.perf_counter() - started
             path = scope["path"]
             if path not in ("/metrics", "/healthz", "/readyz"):
-                route = _route_of(self.fastapi_app, scope)
+                # The router records the route it matched in the scope (Starlette's Router: scope["route"]).
+                matched = scope.get("route")
+                route = getattr(matched, "path", None) or _route_of(self.fastapi_app, scope)
                 HTTP_SECONDS.labels(scope["method"], route, str(status)).observe(elapsed)
                 if access_log.isEnabledFor(logging.INFO):
                     access_log.info("%s %s %s %.1fms", scope["method"], path, status, elapsed * 1000)
