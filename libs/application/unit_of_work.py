@@ -144,10 +144,8 @@ CommandFn = Callable[[UnitOfWork], Awaitable[dict[str, Any]]]
 async def execute(store: EventStore, ctx: CommandContext, scope: str, fn: CommandFn) -> CommandResult:
     """Run `fn` in a transaction with retries on concurrency conflicts; see module doc."""
     key = ctx.idempotency_key
-    if key:
-        stored = await store.idempotent_response(scope, key, ctx.request_hash)
-        if stored is not None:
-            return CommandResult(response=stored, replayed=True)
+    # (A retry with a key is answered from inside the transaction below, after the key's lock: a lookup
+    # before it too, as there was, cost every first request with a key one more pooled round trip.)
     attempt = 0
     while True:
         attempt += 1

@@ -31,6 +31,7 @@ from libs.domain.json_input import find_bad_json
 MAX_JSON_BODY_BYTES = int(os.environ.get("CLOSELOOP_MAX_JSON_BODY_BYTES", str(1024 * 1024)))
 MAX_BODY_BYTES = int(os.environ.get("CLOSELOOP_MAX_BODY_BYTES", str(32 * 1024 * 1024)))
 WITH_BODY = ("POST", "PUT", "PATCH")
+_MATCH_MEMO = 4096
 
 
 def _error(status: int, code: str, field: str, rule: str, **details: Any) -> JSONResponse:
@@ -52,6 +53,7 @@ class RequestGuard:
         self.app = app
         self.fastapi_app = fastapi_app
         self._media: dict[tuple[str, str], set[str]] | None = None
+        self._matched: dict[tuple[str, str], set[str] | None] = {}
 
     def _declared(self, scope: Scope) -> set[str] | None:
         """The media types the matched route declares for its body (None: it declares none)."""
@@ -63,11 +65,21 @@ class RequestGuard:
                     if content:
                         media[(method.upper(), path)] = {m.lower() for m in content}
             self._media = media
+        key = (scope["method"], scope["path"])
+        if key in self._matched:
+            return self._matched[key]
+        found: set[str] | None = None
         for route in self.fastapi_app.router.routes:
             match, _ = route.matches(scope)
             if match is Match.FULL:
-                return self._media.get((scope["method"], getattr(route, "path", "")))
-        return None
+                found = self._media.get((scope["method"], getattr(route, "path", "")))
+                break
+        # Remembered per method and path (matching every route for each request was a cost of its own;
+        # paths carry ids, so the memo is bounded).
+        if len(self._matched) >= _MATCH_MEMO:
+            self._matched.clear()
+        self._matched[key] = found
+        return found
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in WITH_BODY:

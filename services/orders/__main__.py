@@ -1,8 +1,17 @@
 """python -m services.orders"""
 
-import asyncio
+import os
+
+import uvloop
 
 from services.orders.bootstrap import main
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    # uvloop: the command API is on the path of every command (asyncpg is built for it); CLOSELOOP_EVENT_LOOP=asyncio
+    # keeps the standard loop (e.g. to compare).
+    if os.environ.get("CLOSELOOP_EVENT_LOOP") == "asyncio":
+        import asyncio
+
+        asyncio.run(main())
+    else:
+        uvloop.run(main())

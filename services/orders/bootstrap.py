@@ -11,6 +11,7 @@ from typing import Any
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage
 
+from libs.application.pool import connect_store
 from libs.application.read_your_writes import ProjectionWaiter
 from libs.application.timers import Timer, TimerRunner
 from libs.application.unit_of_work import CommandContext
@@ -68,8 +69,7 @@ def build_broker(settings: OrdersSettings, consumer: EnvelopeBatchConsumer) -> K
 async def start(settings: OrdersSettings) -> OrdersContainer:
     policy = load_policy(settings.prepayment_policy_path)
     catalogue = load_catalogue(settings.catalogue_path)
-    store = await EventStore.connect(settings.database_url, min_size=settings.db_pool_min,
-                                     max_size=settings.db_pool_max)
+    store = await connect_store(settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
     await ensure_topics(settings.kafka_bootstrap_servers, TOPICS, partitions=settings.kafka_topic_partitions,
                         replication=settings.kafka_replication_factor)
     service = OrdersService(store, policy, catalogue, timer_owner=settings.instance_prefix + OWNER)

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from fastapi import FastAPI
 
-from libs.eventstore import EventStore
+from libs.application.pool import connect_store
 from libs.http.health import install_health
 from libs.messaging.broker import make_broker
 from libs.messaging.broker_watch import BrokerWatch
@@ -34,7 +34,7 @@ class RelaySettings(ServiceSettings):
 async def main() -> None:
     settings = RelaySettings()
     setup_logging(settings.log_level, "relay")
-    store = await EventStore.connect(settings.database_url, max_size=4)
+    store = await connect_store(settings.database_url, max_size=4)
     await ensure_topics(settings.kafka_bootstrap_servers, TOPICS, partitions=settings.kafka_topic_partitions,
                         replication=settings.kafka_replication_factor)
     broker = make_broker(settings, client_id="closeloop-relay")

@@ -73,7 +73,10 @@ def create_app(orders: Any | None) -> FastAPI:
     """The orders FastAPI app; `orders` (the running container) is None for OpenAPI only."""
     app = FastAPI(title="closeloop orders (commands)", version="1.0.0",
                   description="Place, pay, serve, bill and cancel O2O orders. Every command appends events to "
-                              "the event store; the projector's query API shows the result.")
+                              "the event store; the projector's query API shows the result.",
+                  # No OpenTelemetry here: FastAPI's native telemetry otherwise asks the OTel providers
+                  # whether they are configured on every request (3.6% of the orders samples in a profile).
+                  telemetry={"tracing": False, "metrics": False, "logs": False})
     app.state.orders = orders
     install_error_handlers(app)
 
