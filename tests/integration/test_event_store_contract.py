@@ -130,11 +130,12 @@ class TestPostgresEventStore(EventStoreContract):
             """SELECT closeloop_chain_hash(p.prev, p.id, p.sid, p.ver, p.typ, p.sch, p.at, p.dat, p.met) AS fast,
                       closeloop_event_hash(p.prev, p.id, p.sid, p.ver, p.typ, p.sch, p.at, p.dat, p.met) AS reference
                  FROM unnest($1::text[], $2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::integer[],
-                             $7::timestamptz[], $8::text[]::jsonb[], $9::text[]::jsonb[]) AS p(prev, id, sid, ver, typ, sch, at, dat, met)""",
+                             $7::timestamptz[], $8::text[]::jsonb[], $9::text[]::jsonb[])
+                      AS p(prev, id, sid, ver, typ, sch, at, dat, met)""",
             ["0" * 64, 'pr"ev\\', "x"] * 3, [uuid.uuid4() for _ in range(9)],
             ['order-"q"', "stream-對帳", "s\\t"] * 3, [1, 2**40, 7] * 3, ["T", 'ty"pe', "ü"] * 3, [1, 2, 30000] * 3,
-            [datetime(1969, 7, 20, 20, 17, 40, 123456, tzinfo=UTC), datetime(2026, 12, 1, 23, 59, 59, 999999, tzinfo=UTC),
-             datetime(2000, 1, 1, tzinfo=UTC)] * 3,
+            [datetime(1969, 7, 20, 20, 17, 40, 123456, tzinfo=UTC),
+             datetime(2026, 12, 1, 23, 59, 59, 999999, tzinfo=UTC), datetime(2000, 1, 1, tzinfo=UTC)] * 3,
             [orjson.dumps(d).decode() for d in tricky], [orjson.dumps(d).decode() for d in reversed(tricky)])
         assert [r["fast"] for r in rows] == [r["reference"] for r in rows]
         # and through every append path: one event, one stream, several streams (set-based and per stream)
