@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 from pydantic import ValidationError
@@ -25,6 +26,8 @@ from libs.eventstore import DATABASE_UNAVAILABLE, WrongExpectedVersion
 from libs.eventstore.store import pooled_transaction
 from libs.messaging import envelope as env
 from libs.messaging.deadletter import (
+    H_ID,
+    H_REDRIVE_FOR,
     Batch,
     DeadLetterPublisher,
     Source,
@@ -34,7 +37,6 @@ from libs.messaging.deadletter import (
     reason_code,
     record,
     record_envelope,
-    redrive_target,
 )
 from libs.messaging.inbox import claim, save_offsets
 from libs.observability import (
@@ -57,6 +59,35 @@ Handler = Callable[[asyncpg.Connection, list[env.EventEnvelope]], Awaitable[Any]
 # A message above this many bytes is dead-lettered unread (reason `oversized`): no event is that large,
 # and decoding it would hold the whole batch. CLOSELOOP_MAX_EVENT_BYTES overrides it.
 MAX_EVENT_BYTES = int(os.environ.get("CLOSELOOP_MAX_EVENT_BYTES", str(2 * 1024 * 1024)))
+
+
+class _Sources(dict[UUID, Any]):
+    """Batch.sources whose values are made when asked for: the raw records stay as they came, and only a
+    dead-lettered event's record becomes a Source (its headers decoded), not every record of every batch."""
+
+    def get(self, key: UUID, default: Any = None) -> Any:
+        value = dict.get(self, key, default)
+        if value is not None and value is not default and not isinstance(value, Source):
+            value = Source.of(value)
+            self[key] = value
+        return value
+
+    def __getitem__(self, key: UUID) -> Any:
+        value = self.get(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+
+def _redrive_headers(record: Any) -> tuple[str | None, bool]:
+    """(the consumer group a re-driven message is for, whether it names the dead letter it re-drives)."""
+    target, has_id = None, False
+    for k, v in getattr(record, "headers", None) or ():
+        if k == H_REDRIVE_FOR and v is not None:
+            target = bytes(v).decode("utf-8", "replace")
+        elif k == H_ID:
+            has_id = True
+    return target, has_id
 
 
 @dataclass
@@ -93,25 +124,28 @@ class EnvelopeBatchConsumer:
         started = time.perf_counter()
         envelopes: list[env.EventEnvelope] = []
         offsets: dict[tuple[str, int], int] = {}
-        batch = Batch(self.name)
+        batch = Batch(self.name, _Sources())
         poison: list[tuple[Source, str, str]] = []
         for rec in records:
-            offsets[(rec.topic, rec.partition)] = max(offsets.get((rec.topic, rec.partition), 0), rec.offset + 1)
-            target = redrive_target(rec)
+            key = (rec.topic, rec.partition)
+            if rec.offset >= offsets.get(key, 0):
+                offsets[key] = rec.offset + 1
+            target, has_id = _redrive_headers(rec)
             if target is not None and target != self.name:
                 continue  # a dead letter re-driven for another consumer group of this topic
-            source = Source.of(rec)
-            if len(source.value) > self.max_event_bytes:
-                poison.append((source, "oversized", f"message of {len(source.value)} bytes, above the limit of "
-                                                    f"{self.max_event_bytes} (CLOSELOOP_MAX_EVENT_BYTES)"))
+            value = rec.value or b""
+            if len(value) > self.max_event_bytes:
+                poison.append((Source.of(rec), "oversized", f"message of {len(value)} bytes, above the limit of "
+                                                            f"{self.max_event_bytes} (CLOSELOOP_MAX_EVENT_BYTES)"))
                 continue
             try:
-                e = env.decode(source.value)
+                e = env.decode(value)
             except Exception as exc:  # a poison message must not stop the consumer
                 self.stats.undecodable += 1
-                poison.append((source, "undecodable", f"{type(exc).__name__}: {exc}"))
+                poison.append((Source.of(rec), "undecodable", f"{type(exc).__name__}: {exc}"))
                 continue
-            batch.sources[e.event_id] = source
+            # A re-drive's Source is needed at once (its dead letter's id); the others only if dead-lettered.
+            batch.sources[e.event_id] = Source.of(rec) if target is not None and has_id else rec
             envelopes.append(e)
         attempt = 0
         while True:
@@ -134,7 +168,7 @@ class EnvelopeBatchConsumer:
     async def process(self, envelopes: list[env.EventEnvelope], offsets: dict[tuple[str, int], int] | None = None,
                       *, batch: Batch | None = None,
                       poison: Sequence[tuple[Source, str, str]] = ()) -> list[env.EventEnvelope]:
-        batch = Batch(self.name, dict(batch.sources) if batch else {})  # afresh for each attempt
+        batch = Batch(self.name, _Sources(batch.sources) if batch else _Sources())  # afresh for each attempt
         token = current_batch.set(batch)
         try:
             fresh = await self._process(conn_batch=batch, envelopes=envelopes, offsets=offsets, poison=poison)
@@ -149,7 +183,8 @@ class EnvelopeBatchConsumer:
     async def _process(self, *, conn_batch: Batch, envelopes: list[env.EventEnvelope],
                        offsets: dict[tuple[str, int], int] | None,
                        poison: Sequence[tuple[Source, str, str]]) -> list[env.EventEnvelope]:
-        redrives = {eid: s.redrive_id for eid, s in conn_batch.sources.items() if s.redrive_id is not None}
+        redrives = {eid: s.redrive_id for eid, s in conn_batch.sources.items()
+                    if isinstance(s, Source) and s.redrive_id is not None}
         async with pooled_transaction(self.pool) as conn:
             for source, code, reason in poison:
                 await record(conn, self.name, code, reason, source=source)

@@ -32,9 +32,9 @@ async def save_offsets(conn: asyncpg.Connection, consumer: str,
     rows = list(offsets)
     if not rows:
         return
-    await conn.executemany(
+    await conn.execute(  # one statement for the batch's partitions (each once: they come from a dict)
         """INSERT INTO consumer_offsets (consumer, topic, partition, next_offset, updated_at)
-           VALUES ($1, $2, $3, $4, now())
+           SELECT $1, t, p, o, now() FROM unnest($2::text[], $3::integer[], $4::bigint[]) AS u(t, p, o)
            ON CONFLICT (consumer, topic, partition) DO UPDATE
              SET next_offset = GREATEST(consumer_offsets.next_offset, EXCLUDED.next_offset), updated_at = now()""",
-        [(consumer, t, p, o) for t, p, o in rows])
+        consumer, [t for t, _, _ in rows], [p for _, p, _ in rows], [o for _, _, o in rows])

@@ -11,10 +11,13 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
+import orjson
 import pytest
 
 from libs.eventstore import NO_STREAM, EventStore, Finding, WrongExpectedVersion
@@ -111,6 +114,40 @@ class TestPostgresEventStore(EventStoreContract):
         prefix, stream = await self._chain(store)
         await store.append(f"{prefix}t", NO_STREAM, events(3))
         await store.append(stream, 4, [event("Later", amount_minor=10**15, text="对账 ✅")])
+        assert await store.verify(stream_prefix=prefix) == []
+
+    async def test_the_append_hash_equals_the_reference_hash_for_any_payload(self, store: EventStore) -> None:
+        # Appends hash with closeloop_chain_hash (0006, built as text); verify() and the auditor recompute
+        # with closeloop_event_hash (0001): the two must agree on every payload, or a clean store would
+        # look tampered. Payloads with escapes, unicode, numbers in every form, nesting, scalars.
+        tricky: list[Any] = [
+            {"q": 'say "hi"\\ now', "ctl": "\t\n\r\b\f\u0001\u001f", "zh": "對帳 ✅ 😀", "slash": "a/b"},
+            {"n": [0, -1, 10**18, -(10**18), 1.5, 1e100, -2.5e-7, 0.1], "t": True, "f": False, "z": None},
+            {"deep": {"a": [{"b": {"c": [[], {}, [1, [2, [3]]]]}}]}, "": "empty key", "k" * 300: 1},
+            {}, [], "just a string", 42, None, [1, "two", {"three": 3}],
+        ]
+        rows = await store.pool.fetch(
+            """SELECT closeloop_chain_hash(p.prev, p.id, p.sid, p.ver, p.typ, p.sch, p.at, p.dat, p.met) AS fast,
+                      closeloop_event_hash(p.prev, p.id, p.sid, p.ver, p.typ, p.sch, p.at, p.dat, p.met) AS reference
+                 FROM unnest($1::text[], $2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::integer[],
+                             $7::timestamptz[], $8::text[]::jsonb[], $9::text[]::jsonb[])
+                      AS p(prev, id, sid, ver, typ, sch, at, dat, met)""",
+            ["0" * 64, 'pr"ev\\', "x"] * 3, [uuid.uuid4() for _ in range(9)],
+            ['order-"q"', "stream-對帳", "s\\t"] * 3, [1, 2**40, 7] * 3, ["T", 'ty"pe', "ü"] * 3, [1, 2, 30000] * 3,
+            [datetime(1969, 7, 20, 20, 17, 40, 123456, tzinfo=UTC),
+             datetime(2026, 12, 1, 23, 59, 59, 999999, tzinfo=UTC), datetime(2000, 1, 1, tzinfo=UTC)] * 3,
+            [orjson.dumps(d).decode() for d in tricky], [orjson.dumps(d).decode() for d in reversed(tricky)])
+        assert [r["fast"] for r in rows] == [r["reference"] for r in rows]
+        # and through every append path: one event, one stream, several streams (set-based and per stream)
+        prefix = f"hash{uuid.uuid4().hex}-"
+        objects = [d for d in tricky if isinstance(d, dict)]
+        await store.append(f"{prefix}one", NO_STREAM, [event("Tricky", **objects[0])])
+        await store.append(f"{prefix}many", NO_STREAM, [event("Tricky", **d) for d in objects])
+        await store.append_many([(f"{prefix}a", NO_STREAM, [event("Tricky", **objects[1])]),
+                                 (f"{prefix}b", NO_STREAM, [event("Tricky", **d) for d in objects])])
+        replayed = [(f"{prefix}one", 1, [event("Later", **objects[2])])]
+        await store.append_many(replayed)
+        await store.append_many([*replayed, (f"{prefix}c", NO_STREAM, [event("Tricky", **objects[2])])])
         assert await store.verify(stream_prefix=prefix) == []
 
     async def test_edited_event_row_is_detected_by_hash_chain(self, store: EventStore) -> None:

@@ -40,9 +40,10 @@ from services.projector.projections.common import (
     amount,
     category_of,
     current_data,
+    rows_json,
     ts,
     types_of,
-    upsert_sql,
+    upsert_rows_sql,
 )
 from services.rma.domain.events import STREAM_CATEGORY as RMA_CATEGORY
 from services.rma.domain.rma import LABELS_ZH as RMA_LABELS_ZH
@@ -471,7 +472,7 @@ class FactsProjection:
         self.schema = schema
         self.name = name
         self.t_streams = f"{schema}.projection_streams"
-        self._upserts = {t.name: upsert_sql(f"{schema}.{t.name}", t.columns, t.key) for t in TABLES}
+        self._upserts = {t.name: upsert_rows_sql(f"{schema}.{t.name}", t.columns, t.key) for t in TABLES}
 
     @staticmethod
     def handles(e: Stored) -> bool:
@@ -519,10 +520,12 @@ class FactsProjection:
         # store does not have (published by something else than the relay) is not counted as applied.
         applied = {sid: evs[-1].stream_version for sid, evs in streams.items()
                    if evs[-1].stream_version > known.get(sid, 0)}
-        await conn.executemany(
-            f"""INSERT INTO {self.t_streams} (projection, stream_id, version) VALUES ($1, $2, $3)
-                ON CONFLICT (projection, stream_id) DO UPDATE SET version = EXCLUDED.version""",
-            [(self.name, s, v) for s, v in applied.items()])
+        if applied:
+            await conn.execute(
+                f"""INSERT INTO {self.t_streams} (projection, stream_id, version)
+                    SELECT $1, s, v FROM unnest($2::text[], $3::bigint[]) AS u(s, v)
+                    ON CONFLICT (projection, stream_id) DO UPDATE SET version = EXCLUDED.version""",
+                self.name, list(applied), list(applied.values()))
         return sum(v - known.get(s, 0) for s, v in applied.items())
 
     async def write(self, conn: asyncpg.Connection, folded: dict[str, Rows]) -> None:
@@ -534,9 +537,9 @@ class FactsProjection:
                                    _FOLD_OF_TABLE[spec.name]})
                 if owners:
                     await conn.execute(f"DELETE FROM {self.schema}.{spec.name} WHERE {spec.owner} = ANY($1)", owners)
-            batch = [tuple(r[c] for c in spec.columns) for rows in folded.values() for r in rows.get(spec.name, [])]
-            if batch:
-                await conn.executemany(self._upserts[spec.name], batch)
+            batch = [r for rows in folded.values() for r in rows.get(spec.name, [])]
+            if batch:  # one statement per table (a stream's rows are its own: keys are distinct)
+                await conn.execute(self._upserts[spec.name], rows_json(batch))
 
 
 def _owner_of(stream_id: str) -> str:

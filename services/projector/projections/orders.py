@@ -12,20 +12,22 @@ decodes every event first, to dead-letter what it cannot read.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
 from pydantic import ValidationError
 
-from libs.domain.events import DomainEvent, UnknownEventType, UnsupportedSchemaVersion, registry
+from libs.domain.events import UnknownEventType, UnsupportedSchemaVersion, registry
 from libs.eventstore import EventStore, RecordedEvent
-from libs.messaging.deadletter import reason_code, record_envelope
+from libs.messaging.deadletter import current_batch, reason_code, record_envelope
 from libs.messaging.envelope import EventEnvelope
 from services.orders.domain import events as ev
 from services.orders.domain.events import BillStatus, OrderStatus
-from services.projector.projections.common import Stored, current_data, ts, types_of, upsert_sql
+from services.projector.projections.common import Stored, current_data, rows_json, ts, types_of, upsert_rows_sql
 
+log = logging.getLogger("closeloop.projector")
 PROJECTION = "orders"
 CATEGORIES = ("order", "bill")
 NOTIFY_CHANNEL = "closeloop_projection"
@@ -188,8 +190,9 @@ class OrdersProjection:
         t = f"{schema}."
         self.t_orders, self.t_bills, self.t_history, self.t_streams = (
             t + "rm_orders", t + "rm_bills", t + "rm_order_history", t + "projection_streams")
-        self._order_upsert = upsert_sql(self.t_orders, ORDER_COLUMNS, ["order_id"])
-        self._bill_upsert = upsert_sql(self.t_bills, BILL_COLUMNS, ["bill_id"])
+        self._order_upsert = upsert_rows_sql(self.t_orders, ORDER_COLUMNS, ["order_id"])
+        self._bill_upsert = upsert_rows_sql(self.t_bills, BILL_COLUMNS, ["bill_id"])
+        self._history_insert = upsert_rows_sql(self.t_history, HISTORY_COLUMNS, ["event_id"], update=False)
         self.dead_lettered = 0
         self.dead_letter_consumer = f"projection:{schema}.{name}"
 
@@ -223,52 +226,91 @@ class OrdersProjection:
             versions[e.stream_id] = e.stream_version
         if not ordered:
             return 0
-        # Decode first: an event that cannot be read (unknown type, a schema version from the
-        # future, a payload the model rejects) is dead-lettered, not allowed to stall the
-        # partition; the read model then lacks its effect, which reconciliation reports.
-        decoded: list[tuple[EventEnvelope, DomainEvent]] = []
+        batch = current_batch.get()
+        counts, dead_ids = (len(batch.counts), set(batch.dead)) if batch is not None else (0, set())
+        try:
+            async with conn.transaction():  # a savepoint: a row PostgreSQL refuses undoes this attempt only
+                return await self._write(conn, ordered, versions, stream_ids, validate=False)
+        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, TypeError, ValueError) as exc:
+            # A payload the reducers could fold into a row the table refuses (or JSON cannot carry): this
+            # batch again, each event validated by its model first, so that the bad one is dead-lettered.
+            log.warning("%s: batch refused (%s: %s); applying it again with every event validated",
+                        self.dead_letter_consumer, type(exc).__name__, exc)
+            if batch is not None:
+                del batch.counts[counts:]
+                batch.dead.intersection_update(dead_ids)
+            return await self._write(conn, ordered, versions, stream_ids, validate=True)
+
+    async def _write(self, conn: asyncpg.Connection, ordered: list[EventEnvelope], versions: dict[str, int],
+                     stream_ids: list[str], *, validate: bool) -> int:
+        # What cannot be read (an unknown type, a schema version from the future, a payload its reducer
+        # cannot fold, an event of the wrong kind for its stream) is dead-lettered, not allowed to stall the
+        # partition; the read model then lacks its effect, which reconciliation reports. The reducers read the
+        # stored payload, as the replay does (common.py); only an old schema version is decoded (to upcast
+        # it), and unknown types and versions from the future are named by the registry. With `validate`,
+        # every event is decoded by its model first (the fallback above).
+        readable: list[tuple[EventEnvelope, dict[str, Any], bool, str]] = []
         dead: list[tuple[EventEnvelope, str, str]] = []
         for e in ordered:
-            try:
-                event = registry.decode(e.event_type, e.schema_version, e.data)
-            except (UnknownEventType, UnsupportedSchemaVersion, ValidationError) as exc:
-                dead.append((e, reason_code(exc), f"{type(exc).__name__}: {exc}"))
+            is_order = e.stream_id.startswith("order-")
+            kind = "order" if is_order else "bill"
+            cls = registry.get(e.event_type) if e.event_type in registry else None
+            if validate or cls is None or e.schema_version != cls.schema_version:
+                try:
+                    event = registry.decode(e.event_type, e.schema_version, e.data)
+                except (UnknownEventType, UnsupportedSchemaVersion, ValidationError) as exc:
+                    dead.append((e, reason_code(exc), f"{type(exc).__name__}: {exc}"))
+                    continue
+                if not isinstance(event, ev.OrderEvent if is_order else ev.BillEvent):
+                    dead.append((e, "invalid_payload", f"{e.event_type} is not an event of a {kind} stream"))
+                    continue
+                d = e.data if e.schema_version == event.schema_version else event.to_data()
+            else:
+                if e.event_type not in (ORDER_TYPES if is_order else BILL_TYPES):
+                    dead.append((e, "invalid_payload", f"{e.event_type} is not an event of a {kind} stream"))
+                    continue
+                d = e.data
+            key = d.get(f"{kind}_id")
+            if not isinstance(key, str):
+                dead.append((e, "invalid_payload", f"{e.event_type} has no {kind}_id"))
                 continue
-            expected = ev.OrderEvent if e.stream_id.startswith("order-") else ev.BillEvent
-            if not isinstance(event, expected):
-                dead.append((e, "invalid_payload",
-                             f"{e.event_type} is not an event of a {expected.__name__[:-5].lower()} stream"))
-                continue
-            decoded.append((e, event))
-        order_ids = sorted({x.order_id for _, x in decoded if isinstance(x, ev.OrderEvent)})
-        bill_ids = sorted({x.bill_id for _, x in decoded if isinstance(x, ev.BillEvent)})
+            readable.append((e, d, is_order, key))
+        order_ids = sorted({k for _, _, o, k in readable if o})
+        bill_ids = sorted({k for _, _, o, k in readable if not o})
         orders = {r["order_id"]: dict(r) for r in await conn.fetch(
             f"SELECT * FROM {self.t_orders} WHERE order_id = ANY($1)", order_ids)} if order_ids else {}
         bills = {r["bill_id"]: dict(r) for r in await conn.fetch(
             f"SELECT * FROM {self.t_bills} WHERE bill_id = ANY($1)", bill_ids)} if bill_ids else {}
-        for e, event in decoded:
-            # The payload as stored (the replay reads the same), or the upcast one for an old version.
-            d = e.data if e.schema_version == event.schema_version else event.to_data()
-            if isinstance(event, ev.OrderEvent):
-                orders[event.order_id] = reduce_order(orders.get(event.order_id), e, d)
-            elif isinstance(event, ev.BillEvent):
-                bills[event.bill_id] = reduce_bill(bills.get(event.bill_id), e, d)
-        if order_ids:
-            await conn.executemany(self._order_upsert, [tuple(orders[o][c] for c in ORDER_COLUMNS) for o in order_ids])
-        if bill_ids:
-            await conn.executemany(self._bill_upsert, [tuple(bills[b][c] for c in BILL_COLUMNS) for b in bill_ids])
+        applied: list[EventEnvelope] = []
+        touched_orders: set[str] = set()
+        touched_bills: set[str] = set()
+        for e, d, is_order, key in readable:
+            rows, reduce, touched = (orders, reduce_order, touched_orders) if is_order else (bills, reduce_bill,
+                                                                                            touched_bills)
+            try:
+                rows[key] = reduce(rows.get(key), e, d)
+            except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+                dead.append((e, "invalid_payload", f"{e.event_type} cannot be folded: {type(exc).__name__}: {exc}"))
+                continue
+            touched.add(key)
+            applied.append(e)
+        # One statement per table for the whole batch.
+        if touched_orders:
+            await conn.execute(self._order_upsert, rows_json(orders[o] for o in sorted(touched_orders)))
+        if touched_bills:
+            await conn.execute(self._bill_upsert, rows_json(bills[b] for b in sorted(touched_bills)))
         for e, code, reason in dead:
             await record_envelope(conn, self.dead_letter_consumer, e, code, reason)
         self.dead_lettered += len(dead)
-        await conn.executemany(
-            f"""INSERT INTO {self.t_history} (event_id, order_id, stream_id, stream_version, global_position,
-                    event_type, recorded_at, actor, role, correlation_id, data)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (event_id) DO NOTHING""",
-            [history_row(e) for e, _ in decoded])
-        await conn.executemany(
-            f"""INSERT INTO {self.t_streams} (projection, stream_id, version) VALUES ($1, $2, $3)
+        if applied:
+            await conn.execute(self._history_insert,
+                               rows_json(dict(zip(HISTORY_COLUMNS, history_row(e), strict=True)) for e in applied))
+        done = [(s, v) for s, v in versions.items() if s in stream_ids]
+        await conn.execute(
+            f"""INSERT INTO {self.t_streams} (projection, stream_id, version)
+                SELECT $1, s, v FROM unnest($2::text[], $3::bigint[]) AS u(s, v)
                 ON CONFLICT (projection, stream_id) DO UPDATE SET version = EXCLUDED.version""",
-            [(self.name, s, v) for s, v in versions.items() if s in stream_ids])
+            self.name, [s for s, _ in done], [v for _, v in done])
         if self.schema == "public":
             await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
-        return len(decoded)
+        return len(applied)
