@@ -75,24 +75,37 @@ class BrokerWatch:
         """False when the broker lost its state since the marker was made (or never had it)."""
         return self.marker in await self._partitions()
 
-    async def repair(self) -> list[str]:
+    async def repair(self, attempts: int = 5) -> list[str]:
         """Every topic with its partition count (re-creating those made with another), then the marker;
-        returns what was (re-)created."""
+        returns what was (re-)created.
+
+        A client's metadata request can auto-create a topic again between its deletion and our create (the
+        create then finds it there, with Tansu's 4 partitions): so the counts are checked again afterwards and
+        such a topic deleted and created once more; the marker only once every count is right."""
         admin = await self._client()
-        have = await self._partitions()
-        wrong = [t for t in self.topics if t in have and have[t] != self.partitions]
-        if wrong:
-            log.warning("broker reset: topics %s were auto-created with another partition count; re-creating "
-                        "them with %d", wrong, self.partitions)
-            await admin.delete_topics(wrong)
-            await self._until_gone(wrong)
-        missing = [t for t in self.topics if t not in have or t in wrong]
-        if missing:
+        repaired: list[str] = []
+        for _ in range(attempts):
+            have = await self._partitions()
+            wrong = [t for t in self.topics if t in have and have[t] != self.partitions]
+            if wrong:
+                log.warning("broker reset: topics %s were auto-created with another partition count; re-creating "
+                            "them with %d", wrong, self.partitions)
+                await admin.delete_topics(wrong)
+                await self._until_gone(wrong)
+            missing = [t for t in self.topics if t not in have or t in wrong]
+            if not missing:
+                break
             await self._create([NewTopic(t, num_partitions=self.partitions, replication_factor=self.replication)
                                 for t in missing])
+            repaired += [t for t in missing if t not in repaired]
+        else:
+            have = await self._partitions()
+            wrong = [t for t in self.topics if have.get(t) != self.partitions]
+            if wrong:
+                raise KafkaError(f"topics {wrong} still lack {self.partitions} partitions after {attempts} repairs")
         await self._create([NewTopic(self.marker, num_partitions=1, replication_factor=self.replication)])
         self.resets += 1
-        return missing
+        return repaired
 
     async def _create(self, topics: list[NewTopic]) -> None:
         with contextlib.suppress(TopicAlreadyExistsError):
