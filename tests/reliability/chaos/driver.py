@@ -26,12 +26,18 @@ class Mode:
     load_seconds: float
     load_rate: int
     concurrency: int
+    # Seconds of workload before the chaos starts (a random moment in this range).
+    lead_in: tuple[float, float] = (2.0, 4.0)
+    # The kills: one after another (each process back before the next kill), or all within this many
+    # seconds of each other, overlapping (several processes down at once), when set.
+    kill_window: float | None = None
 
     @classmethod
     def of(cls, name: str) -> Mode:
         if name == "full":
             return cls("full", 10_000, 3, 3_000, 3_000, 6.0, 60, 300, 64)
-        return cls("bounded", 1_000, 1, 300, 300, 4.0, 10, 50, 40)
+        # make test: every scenario and every check, at sizes that keep it a few minutes of CI.
+        return cls("bounded", 400, 1, 150, 150, 3.0, 10, 25, 32, kill_window=15.0)
 
 
 @dataclass
@@ -57,14 +63,32 @@ async def kill_each_process(platform: Platform, names: list[str], kills_per_proc
         log.add(f"restarted {name}")
 
 
-async def restart_broker(platform: Platform, log: ChaosLog, rng: random.Random) -> None:
-    await asyncio.sleep(rng.uniform(2.0, 4.0))
+async def kill_each_process_overlapping(platform: Platform, names: list[str], window: float, log: ChaosLog,
+                                       rng: random.Random) -> None:
+    """kill -9 every process in `names` once, each at a random moment within `window` seconds (so several
+    may be down at once), and start each again after a random short downtime."""
+
+    async def one(name: str) -> None:
+        await asyncio.sleep(rng.uniform(0.0, window))
+        await asyncio.to_thread(platform.kill, name)
+        log.add(f"kill -9 {name}")
+        await asyncio.sleep(rng.uniform(0.0, 1.0))
+        await platform.restart(name)
+        log.add(f"restarted {name}")
+
+    await asyncio.gather(*[one(n) for n in names])
+
+
+async def restart_broker(platform: Platform, log: ChaosLog, rng: random.Random,
+                         lead_in: tuple[float, float] = (2.0, 4.0)) -> None:
+    await asyncio.sleep(rng.uniform(*lead_in))
     platform.restart_broker()  # from the loop's thread (PR_SET_PDEATHSIG is per thread)
     log.add("broker restarted (empty)")
 
 
-async def database_outage(platform: Platform, seconds: float, log: ChaosLog, rng: random.Random) -> None:
-    await asyncio.sleep(rng.uniform(2.0, 4.0))
+async def database_outage(platform: Platform, seconds: float, log: ChaosLog, rng: random.Random,
+                          lead_in: tuple[float, float] = (2.0, 4.0)) -> None:
+    await asyncio.sleep(rng.uniform(*lead_in))
     stopped = await asyncio.to_thread(platform.stop_database)
     log.add("postgres stopped")
     await asyncio.sleep(seconds)

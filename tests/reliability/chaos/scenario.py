@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -27,9 +28,12 @@ async def run_scenario(name: str, platform: Platform, auth: Any, mode: Mode, com
     await workload.setup()
     log = ChaosLog()
     before = copy.deepcopy(platform.events)
+    t0 = time.monotonic()
     try:
         await during(lambda over: workload.run_until(commands, mode.concurrency, over), chaos(log, rng))
+        t1 = time.monotonic()
         report = await end_checks(platform.dsn, platform.relay_name, [workload])
+        t2 = time.monotonic()
     finally:
         await workload.aclose()
     ev = platform.events
@@ -45,7 +49,8 @@ async def run_scenario(name: str, platform: Platform, auth: Any, mode: Mode, com
         "notes": [f"statuses {dict(rec.statuses())}; every answer incl. retried {dict(rec.attempt_status)}",
                   f"flows {dict(rec.flows_done)}; flow errors {len(rec.flow_errors)}; notification sends repeated "
                   f"under the same id (deduped by the sink) so far: {await resent_notifications(platform.dsn)}",
-                  "chaos: " + ", ".join(a for _, a in log.actions)]})
+                  "chaos: " + ", ".join(a for _, a in log.actions),
+                  f"seconds: workload under chaos {t1 - t0:.0f}, end checks {t2 - t1:.0f}"]})
     return workload, report, log
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.reliability.chaos.driver import ChaosLog, Mode, kill_each_process
+from tests.reliability.chaos.driver import ChaosLog, Mode, kill_each_process, kill_each_process_overlapping
 from tests.reliability.chaos.platform import KILLABLE, Platform
 from tests.reliability.chaos.scenario import assert_clean, run_scenario
 
@@ -22,7 +22,10 @@ pytestmark = [pytest.mark.reliability, pytest.mark.timeout(3600)]
 async def test_kill_9_of_every_process_mid_workload_loses_nothing_and_doubles_nothing(
         platform: Platform, auth: Any, mode: Mode) -> None:
     async def chaos(log: ChaosLog, rng: random.Random) -> None:
-        await kill_each_process(platform, KILLABLE, mode.kills_per_process, log, rng)
+        if mode.kill_window is not None and mode.kills_per_process == 1:
+            await kill_each_process_overlapping(platform, KILLABLE, mode.kill_window, log, rng)
+        else:
+            await kill_each_process(platform, KILLABLE, mode.kills_per_process, log, rng)
 
     workload, report, log = await run_scenario("crash safety", platform, auth, mode, mode.crash_commands, chaos)
     assert sum(1 for _, a in log.actions if a.startswith("kill -9")) == len(KILLABLE) * mode.kills_per_process

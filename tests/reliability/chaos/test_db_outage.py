@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.reliability, pytest.mark.timeout(3600)]
 async def test_a_database_outage_mid_workload_is_503_with_retry_after_and_then_heals(
         platform: Platform, auth: Any, mode: Mode) -> None:
     async def chaos(log: ChaosLog, rng: random.Random) -> None:
-        await database_outage(platform, mode.db_outage_seconds, log, rng)
+        await database_outage(platform, mode.db_outage_seconds, log, rng, mode.lead_in)
 
     workload, report, _ = await run_scenario("database outage", platform, auth, mode, mode.db_commands, chaos)
     assert workload.rec.attempt_status.get(503, 0) > 0, "no command met the outage (503): the test proved nothing"
