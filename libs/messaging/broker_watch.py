@@ -9,8 +9,8 @@ processed", which is safe because every consumer drops an event id it already pr
 
 How it notices: each relay owns a marker topic (`closeloop.relay.<name>`) that nobody else creates or
 writes. It is created after the relay's topics are in place; a broker whose topic list lacks it has
-lost its state (or never saw this relay). The relay checks the list before every batch it publishes
-(one metadata round trip) and after a publishing error.
+lost its state (or never saw this relay). The relay checks the list (one metadata round trip) at most
+every 0.1 s while it publishes, and after a publishing error (libs/messaging/relay.py).
 
 What it repairs: every topic of the platform with its partition count. A topic that a client's
 metadata request auto-created meanwhile (Tansu creates 4 partitions; aiokafka always allows it) with
