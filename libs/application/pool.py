@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from libs.eventstore import EventStore, create_pool
-from libs.eventstore.migrate import EVENTSTORE_MIGRATIONS, migrate
+from libs.eventstore import EventStore
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -31,7 +30,4 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 
 async def connect_store(dsn: str, *, min_size: int = 1, max_size: int = 10) -> EventStore:
     """Like `EventStore.connect` (migrations included), on a pool without the per-release reset query."""
-    pool = await create_pool(dsn, min_size=min_size, max_size=max_size, reset=_keep_session)
-    async with pool.acquire() as conn:
-        await migrate(conn, {"eventstore": EVENTSTORE_MIGRATIONS})
-    return EventStore(pool, dsn)
+    return await EventStore.connect(dsn, min_size=min_size, max_size=max_size, reset=_keep_session)

@@ -179,9 +179,9 @@ class EventStore:
 
     @classmethod
     async def connect(
-        cls, dsn: str, *, min_size: int = 1, max_size: int = 10, run_migrations: bool = True
+        cls, dsn: str, *, min_size: int = 1, max_size: int = 10, run_migrations: bool = True, **pool_kwargs: Any
     ) -> EventStore:
-        pool = await create_pool(dsn, min_size=min_size, max_size=max_size)
+        pool = await create_pool(dsn, min_size=min_size, max_size=max_size, **pool_kwargs)
         if run_migrations:
             async with pool.acquire() as conn:
                 await migrate(conn, {"eventstore": EVENTSTORE_MIGRATIONS})
