@@ -241,7 +241,10 @@ def up(fresh: bool = typer.Option(False, "--fresh", help="wipe .closeloop/pgdata
     def _on_signal(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
+    # SIGINT too: a shell that starts `make run` in the background ignores SIGINT in it, and a Ctrl-C sent to
+    # the process group would then stop the children (postgres, the services) but not this supervisor.
     signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
     rc = 0
     try:
         sup.start()
