@@ -35,7 +35,7 @@ class Mode:
     @classmethod
     def of(cls, name: str) -> Mode:
         if name == "full":
-            return cls("full", 10_000, 3, 3_000, 3_000, 6.0, 60, 300, 64)
+            return cls("full", 10_000, 3, 2_000, 2_000, 6.0, 60, 300, 64)
         # make test: every scenario and every check, at sizes that keep it a few minutes of CI.
         return cls("bounded", 400, 1, 150, 150, 3.0, 10, 25, 32, kill_window=15.0)
 
