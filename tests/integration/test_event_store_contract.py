@@ -20,9 +20,9 @@ import asyncpg
 import orjson
 import pytest
 
-from libs.eventstore import NO_STREAM, EventStore, Finding, WrongExpectedVersion
+from libs.eventstore import NO_STREAM, DuplicateEventId, EventStore, Finding, WrongExpectedVersion
 from libs.eventstore.migrate import EVENTSTORE_MIGRATIONS, MigrationError, migrate
-from tests.integration.eventstore_contract import EventStoreContract, event, events, new_stream
+from tests.integration.eventstore_contract import EventStoreContract, event, events, new_stream, summary
 
 pytestmark = pytest.mark.integration
 
@@ -102,6 +102,58 @@ class TestPostgresEventStore(EventStoreContract):
         assert retried.first_version == 5
         followed = [e.stream_version async for batch in store.iter_all(start) for e in batch if e.stream_id == stream]
         assert followed == [1, 2, 3, 4, 5]
+
+    # ------------------------------------------------------------------ one event on its own
+    async def test_one_event_appended_on_its_own_keeps_every_append_guarantee(self, store: EventStore) -> None:
+        # A command's usual append (one event, no caller transaction) is one statement of its own
+        # (store.py _APPEND_SINGLE), not closeloop_append: the same guarantees, shown on that path.
+        start = await store.head()
+        stream, other = new_stream(), new_stream()
+        first = await store.append(stream, NO_STREAM, [event("One")])
+        assert (first.first_version, first.last_version, first.replayed) == (1, 1, False)
+        second_event = event("Two", amount_minor=1250)
+        second = await store.append(stream, 1, [second_event])
+        assert second.first_version == 2 and second.transaction_id > first.transaction_id
+        before = summary(await store.read_stream(stream))
+
+        # optimistic concurrency: the actual version is named, nothing is stored
+        for expected in (NO_STREAM, 1, 3):
+            with pytest.raises(WrongExpectedVersion) as info:
+                await store.append(stream, expected, [event("Refused")])
+            assert (info.value.stream_id, info.value.expected, info.value.actual) == (stream, expected, 2)
+        # idempotent retry (even with a stale expected version): the first result, nothing stored
+        for expected in (1, 2, None):
+            retry = await store.append(stream, expected, [second_event])
+            assert retry.replayed is True
+            assert (retry.first_version, retry.last_version, retry.global_positions, retry.event_ids,
+                    retry.transaction_id) == (2, 2, second.global_positions, second.event_ids, second.transaction_id)
+        # an event id stored elsewhere is refused
+        with pytest.raises(DuplicateEventId):
+            await store.append(other, NO_STREAM, [second_event])
+        assert summary(await store.read_stream(stream)) == before
+        assert await store.read_stream(other) == []
+
+        # concurrent writers at the same expected version: one wins, the others conflict
+        contenders = 10
+        barrier = asyncio.Barrier(contenders)
+
+        async def contend(i: int) -> int | Exception:
+            await barrier.wait()
+            try:
+                return (await store.append(stream, 2, [event("Contended", contender=i)])).first_version
+            except WrongExpectedVersion as exc:
+                return exc
+
+        outcomes = await asyncio.wait_for(asyncio.gather(*(contend(i) for i in range(contenders))), 60)
+        assert [o for o in outcomes if not isinstance(o, Exception)] == [3]
+        assert sum(isinstance(o, WrongExpectedVersion) for o in outcomes) == contenders - 1
+        read = await store.read_stream(stream)
+        assert [e.stream_version for e in read] == [1, 2, 3]
+        assert read[1].data == {"amount_minor": 1250}
+        # the chain links and hashes like every other append; a follower sees each event once, in order
+        assert await store.verify(stream_prefix=stream) == []
+        followed = [e.stream_version async for batch in store.iter_all(start) for e in batch if e.stream_id == stream]
+        assert followed == [1, 2, 3]
 
     # ------------------------------------------------------------------ hash chain
     async def _chain(self, store: EventStore, n: int = 4) -> tuple[str, str]:
