@@ -210,6 +210,11 @@ class EventStore:
         self._wake_again = False
         self._wake_conn: asyncpg.Connection | None = None
         self._wake_loop: asyncio.AbstractEventLoop | None = None
+        # Pooled connections between two of the store's own statements (see _plain), and their hand-back.
+        self._idle: list[asyncpg.Connection] = []
+        self._trim: asyncio.Handle | None = None
+        self._trim_loop: asyncio.AbstractEventLoop | None = None
+        self._releasing: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def connect(
@@ -222,6 +227,9 @@ class EventStore:
         return cls(pool, dsn)
 
     async def close(self) -> None:
+        self._hand_back_idle()
+        if self._releasing:
+            await asyncio.gather(*self._releasing, return_exceptions=True)
         if self._waker is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._waker, 2)
@@ -233,12 +241,38 @@ class EventStore:
     @contextlib.asynccontextmanager
     async def _plain(self) -> AsyncIterator[asyncpg.Connection]:
         """A pooled connection for one of the store's own statements outside any transaction (an append
-        on its own, a read); released without the pool's reset when it succeeded (see _UNTOUCHED)."""
-        async with self.pool.acquire() as conn:
+        on its own, a read).
+
+        After a statement that succeeded the connection is kept (self._idle) until the event loop's next
+        round, where _hand_back_idle returns it to the pool without the pool's reset (nothing of its session
+        changed, see _UNTOUCHED). The next statement of a caller that goes on at once (a client appending
+        command after command) takes it back without the pool: asyncpg's acquire and release cost ~60 us of
+        client CPU per statement (a shielded task for the release, two timer handles, the proxy), as much as
+        the statement's own client work (profiled on target 1 of make bench). After an error the connection
+        goes back to the pool at once, with the pool's reset (or terminated by it when broken)."""
+        conn = self._idle.pop() if self._idle else await self.pool.acquire()
+        try:
             yield conn
+        except BaseException:
+            await self.pool.release(conn)
+            raise
+        self._idle.append(conn)
+        loop = asyncio.get_running_loop()
+        if self._trim is None or self._trim_loop is not loop:
+            self._trim_loop = loop
+            self._trim = loop.call_soon(self._hand_back_idle)
+
+    def _hand_back_idle(self) -> None:
+        """Return the connections that no statement took back meanwhile to the pool (untouched)."""
+        self._trim = None
+        while self._idle:
+            conn = self._idle.pop()
             raw = getattr(conn, "_con", None)  # the pool hands out a proxy of the connection
             if raw is not None:
                 _UNTOUCHED.add(raw)
+            task = asyncio.get_running_loop().create_task(self.pool.release(conn))
+            self._releasing.add(task)
+            task.add_done_callback(self._releasing.discard)
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
