@@ -66,13 +66,13 @@ are deduplicated by equality.
 
 from __future__ import annotations
 
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from functools import cached_property, lru_cache
-from typing import Any, Literal
+from typing import Literal
 from zoneinfo import ZoneInfo
 
 from libs.domain.money import Money
@@ -726,56 +726,9 @@ def classify(orders: Sequence[OrderRecord], payments: Sequence[PaymentFact]) -> 
     facts: dict[str, list[PaymentFact]] = defaultdict(list)
     for fact in payments:
         facts[fact.order_id].append(fact)
-    ledgers = {oid: _ledger_of(oid, records.get(oid), facts.get(oid, [])) for oid in sorted(set(records) | set(facts))}
+    ledgers = {oid: _ledger(oid, records.get(oid), facts.get(oid, [])) for oid in sorted(set(records) | set(facts))}
     matches, recovers = _match_rebuys(ledgers)
-    return [_classified(led, matches.get(oid), recovers.get(oid), ledgers) for oid, led in ledgers.items()]
-
-
-# A provider fact classifies every order of its student again, and most of those orders have not changed
-# since the last time: their ledger and classification are remembered, keyed by exactly what they are
-# computed from (pure functions of it; a ledger is not changed once built). Bounded, least recently used
-# first out.
-_MEMO_SIZE = 4096
-_LEDGERS: OrderedDict[tuple[object, ...], _Ledger] = OrderedDict()
-_CLASSIFIED: OrderedDict[tuple[object, ...], tuple[_Ledger, _Ledger | None, KolableClassification]] = OrderedDict()
-
-
-def _remember(cache: OrderedDict[tuple[object, ...], Any], key: tuple[object, ...], value: Any) -> None:
-    cache[key] = value
-    if len(cache) > _MEMO_SIZE:
-        cache.popitem(last=False)
-
-
-def _ledger_of(order_id: str, record: OrderRecord | None, facts: Sequence[PaymentFact]) -> _Ledger:
-    """_ledger(order_id, record, facts), remembered for the same record and the same facts in the same order."""
-    key = (order_id, record, tuple(facts))
-    try:
-        led = _LEDGERS.get(key)
-    except TypeError:  # an input that cannot be hashed: computed, not remembered
-        return _ledger(order_id, record, facts)
-    if led is None:
-        led = _ledger(order_id, record, facts)
-        _remember(_LEDGERS, key, led)
-    else:
-        _LEDGERS.move_to_end(key)
-    return led
-
-
-def _classified(led: _Ledger, match: _Match | None, recovers: str | None,
-                ledgers: dict[str, _Ledger]) -> KolableClassification:
-    """_classify_one, remembered: it reads only the ledger, the match, `recovers` and the re-buy's ledger."""
-    rebuy = ledgers.get(match.rebuy) if match is not None and match.rebuy is not None else None
-    matched = None if match is None else (match.rebuy, match.recovered, tuple(match.incomplete),
-                                          tuple(match.notes_en), tuple(match.notes_zh))
-    # Ledgers by identity: the entry keeps them alive, so their ids are not reused while it exists.
-    key = (id(led), id(rebuy), recovers, matched)
-    hit = _CLASSIFIED.get(key)
-    if hit is not None and hit[0] is led and hit[1] is rebuy:
-        _CLASSIFIED.move_to_end(key)
-        return hit[2]
-    classification = _classify_one(led, match, recovers, ledgers)
-    _remember(_CLASSIFIED, key, (led, rebuy, classification))
-    return classification
+    return [_classify_one(led, matches.get(oid), recovers.get(oid), ledgers) for oid, led in ledgers.items()]
 
 
 def _classify_one(led: _Ledger, match: _Match | None, recovers: str | None,
