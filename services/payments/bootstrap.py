@@ -7,6 +7,7 @@ the HTTP API. (Issue 3 in progress; see docs/status.md.)
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -112,17 +113,27 @@ def upstream_batch_handler(ingestor: UpstreamIngestor, stats: dict[str, int], na
         log.debug("upstream batch of %d records in %.3f s", len(records), time.perf_counter() - started)
         malformed: list[tuple[Source, MalformedEvent]] = []
         redriven: list[int] = []
+        duplicates = 0
         for record, result in zip(records, results, strict=True):
-            source = Source.of(record)
             if isinstance(result, MalformedEvent):
-                stats["malformed"] += 1
-                HANDLER_ERRORS.labels(name, "MalformedEvent").inc()
-                malformed.append((source, result))
+                malformed.append((Source.of(record), result))
                 continue
-            stats["duplicates" if result.duplicate else "stored"] += 1
-            CONSUMER_EVENTS.labels(name, "duplicate" if result.duplicate else "applied").inc()
-            if source.redrive_id is not None:
-                redriven.append(source.redrive_id)
+            duplicates += result.duplicate
+            if getattr(record, "headers", None):  # only a re-drive carries headers (its dead letter's id)
+                source = Source.of(record)
+                if source.redrive_id is not None:
+                    redriven.append(source.redrive_id)
+        # Counted once per batch (a metric's labels lookup per message was ~3 % of the service's time).
+        applied = len(records) - len(malformed) - duplicates
+        stats["malformed"] += len(malformed)
+        stats["duplicates"] += duplicates
+        stats["stored"] += applied
+        if malformed:
+            HANDLER_ERRORS.labels(name, "MalformedEvent").inc(len(malformed))
+        if duplicates:
+            CONSUMER_EVENTS.labels(name, "duplicate").inc(duplicates)
+        if applied:
+            CONSUMER_EVENTS.labels(name, "applied").inc(applied)
         if malformed or redriven:
             async with ingestor.store.pool.acquire() as conn:
                 for source, exc in malformed:
@@ -230,6 +241,11 @@ async def start(settings: PaymentsSettings) -> PaymentsContainer:
     stats = {"stored": 0, "duplicates": 0, "malformed": 0}
     broker = build_broker(settings, ingestor, stats, consumer)
     await broker.start()
+    # The startup heap (modules, pydantic's validators: ~120k objects) lives as long as the process; frozen,
+    # the full collections that an upstream batch's allocations set off do not walk it each time (measured
+    # ~100 µs a message of upstream ingestion before).
+    gc.collect()
+    gc.freeze()
     return PaymentsContainer(settings, store, broker, ingestor, service, consumer, reactions, stats, wallets,
                              services.transactions, services.vouchers)
 

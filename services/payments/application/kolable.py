@@ -150,6 +150,18 @@ class KolableBatch:
         self.changed_students: set[str] = set()  # orders whose kolable_students rows are rewritten
         self.new_facts: list[tuple[Any, ...]] = []
         self.rows: dict[str, tuple[Any, ...]] = {}  # kolable_orders rows to upsert, last one per order
+        # order -> (number of its facts, provider_inputs of them): a fact classifies its student's orders
+        # again, and the other orders' facts have not changed since (facts are only ever appended).
+        self._inputs: dict[str, tuple[int, tuple[OrderRecord | None, list[PaymentFact]]]] = {}
+
+    def provider_inputs(self, order_id: str) -> tuple[OrderRecord | None, list[PaymentFact]]:
+        """provider_inputs(order_id, its provider facts), computed again only when it has a new fact."""
+        facts = self.facts.get(order_id, [])
+        known = self._inputs.get(order_id)
+        if known is None or known[0] != len(facts):
+            known = (len(facts), provider_inputs(order_id, facts))
+            self._inputs[order_id] = known
+        return known[1]
 
     async def lock(self, conn: asyncpg.Connection, keys: list[str], *, shared: bool = False) -> None:
         todo = [k for k in keys if ("shared:" + k if shared else k) not in self.locks]
@@ -434,7 +446,7 @@ class KolableService:
         records: dict[str, OrderRecord] = {}
         facts: list[PaymentFact] = []
         for member in group.values():
-            provider_record, provider_facts = provider_inputs(member.id, kb.facts.get(member.id, []))
+            provider_record, provider_facts = kb.provider_inputs(member.id)
             record = OrderRecord.from_row(member.row) if member.row is not None else provider_record
             if record is not None:
                 records[member.id] = record

@@ -27,9 +27,10 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal, cast
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, StrictInt, ValidationError
+from pydantic_core import from_json
 
 from libs.domain.errors import RuleViolation
-from libs.domain.json_input import loads_checked
+from libs.domain.json_input import MAX_DEPTH, loads_checked
 from libs.domain.money import CURRENCY_EXPONENTS, Money
 from services.payments.domain.upstream_events import (
     OrderRef,
@@ -327,6 +328,43 @@ def _malformed(exc: ValidationError, prefix: str = "") -> MalformedEvent:
     return MalformedEvent(field, rule)
 
 
+_NOT_FAST = object()
+# A NUL is refused by the checked path (json.loads + find_bad_json); in JSON text it can only be the escape.
+_NUL_ESCAPE = b"\\u0000"
+
+
+def _too_deep(value: Any) -> bool:
+    """Whether a decoded JSON value holds something deeper than MAX_DEPTH (find_bad_json's depth rule)."""
+    todo: list[tuple[Any, int]] = [(value, 0)]
+    while todo:
+        item, depth = todo.pop()
+        children = item.values() if isinstance(item, dict) else item
+        for child in children:
+            if depth + 1 > MAX_DEPTH:
+                return True
+            if isinstance(child, dict | list):
+                todo.append((child, depth + 1))
+    return False
+
+
+def _loads_fast(raw: bytes) -> Any:
+    """The body decoded by pydantic's JSON parser when the checked path (loads_checked) would decode the same
+    and refuse nothing; else _NOT_FAST, and the checked path decodes it (with its exact errors). It decodes
+    what json.loads does (big integers as int, NaN and Infinity, the last of duplicate keys, in place) and
+    refuses a lone surrogate escape (then the checked path names it); a NUL escape and depth are checked
+    here. About 3x faster on a Stripe event: the checked path's Python walk over every string was most of
+    it. (orjson would be no faster here, and turns integers beyond 64 bits into floats.)"""
+    if _NUL_ESCAPE in raw:
+        return _NOT_FAST
+    try:
+        value = from_json(raw)
+    except ValueError:
+        return _NOT_FAST  # not JSON, or JSON the checked path refuses: it names the error
+    if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH and isinstance(value, dict | list) and _too_deep(value):
+        return _NOT_FAST
+    return value
+
+
 def parse_event(raw: bytes | str | Mapping[str, Any]) -> StripeEvent:
     """Parse a Stripe event from the raw body (bytes/str) or an already decoded dict.
 
@@ -334,22 +372,26 @@ def parse_event(raw: bytes | str | Mapping[str, Any]) -> StripeEvent:
     first bad field of the envelope ("id", "type", "created", "data.object", ...) or, for a
     supported type, of the object we read ("data.object.amount", ...).
     """
+    decoded: Any = _NOT_FAST
     if isinstance(raw, bytes | bytearray | memoryview):
-        try:
-            text = bytes(raw).decode("utf-8")
-        except UnicodeDecodeError:
-            raise MalformedEvent("body", "must be UTF-8 encoded JSON") from None
-        raw = text
-    if isinstance(raw, str):
-        try:
-            decoded, bad = loads_checked(raw)
-        except ValueError as exc:
-            raise MalformedEvent("body", f"is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
-                                 if isinstance(exc, json.JSONDecodeError) else "is not JSON") from None
-        if bad is not None:  # JSON the store cannot keep (a NUL, a lone surrogate) or absurdly deep
-            raise MalformedEvent(*bad)
-    else:
-        decoded = raw
+        decoded = _loads_fast(bytes(raw))
+        if decoded is _NOT_FAST:
+            try:
+                text = bytes(raw).decode("utf-8")
+            except UnicodeDecodeError:
+                raise MalformedEvent("body", "must be UTF-8 encoded JSON") from None
+            raw = text
+    if decoded is _NOT_FAST:
+        if isinstance(raw, str):
+            try:
+                decoded, bad = loads_checked(raw)
+            except ValueError as exc:
+                raise MalformedEvent("body", f"is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+                                     if isinstance(exc, json.JSONDecodeError) else "is not JSON") from None
+            if bad is not None:  # JSON the store cannot keep (a NUL, a lone surrogate) or absurdly deep
+                raise MalformedEvent(*bad)
+        else:
+            decoded = raw
     if not isinstance(decoded, Mapping):
         raise MalformedEvent("body", "must be a JSON object (a Stripe event)")
     payload = dict(decoded)

@@ -71,7 +71,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Literal
 from zoneinfo import ZoneInfo
 
@@ -348,7 +348,24 @@ class _Ledger:
         return self.paid_at
 
     def money(self, minor: int) -> Money:
-        return Money(amount=minor, currency=self.currency)
+        return _money(minor, self.currency)
+
+    def text(self, minor: int) -> str:
+        """`money(minor).format()`, remembered per value (the reasons name the same amounts again and again)."""
+        return _money_text(minor, self.currency)
+
+
+@lru_cache(maxsize=4096)
+def _money(minor: int, currency: str) -> Money:
+    """Money is immutable, so one instance per value can be shared: a classification builds six amounts per
+    order and a provider fact classifies the student's orders again, so building each one anew (pydantic
+    validation) was about half of `classify`'s time. An invalid value still raises (nothing is cached)."""
+    return Money(amount=minor, currency=currency)
+
+
+@lru_cache(maxsize=4096)
+def _money_text(minor: int, currency: str) -> str:
+    return _money(minor, currency).format()
 
 
 def _latest(facts: Iterable[PaymentFact]) -> PaymentFact:
@@ -565,12 +582,18 @@ def _explain(orig: _Ledger, match: _Match, members: list[_Ledger], clean: list[_
 # --- reasons ------------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=8192)
+def _date(moment: datetime) -> str:
+    """The day in Taipei (remembered: the reasons of a student's orders name the same moments each time)."""
+    return moment.astimezone(DISPLAY_TZ).strftime("%Y-%m-%d")
+
+
 def _day(moment: datetime | None) -> str:
-    return moment.astimezone(DISPLAY_TZ).strftime("%Y-%m-%d") if moment else "date unknown"
+    return _date(moment) if moment else "date unknown"
 
 
 def _day_zh(moment: datetime | None) -> str:
-    return moment.astimezone(DISPLAY_TZ).strftime("%Y-%m-%d") if moment else "日期不明"
+    return _date(moment) if moment else "日期不明"
 
 
 def _refs(refs: Sequence[str]) -> str:
@@ -588,7 +611,7 @@ def _who(led: _Ledger) -> tuple[str, str]:
 
 
 def _refund_text(led: _Ledger) -> tuple[str, str]:
-    back, paid = led.money(led.money_back).format(), led.money(led.paid).format()
+    back, paid = led.text(led.money_back), led.text(led.paid)
     full = led.fully_back
     en = f"{'Fully' if full else 'Partly'} refunded {back} of {paid} paid, on {_day(led.money_back_at)}"
     zh = f"{'全額' if full else '部分'}退款 {back}(實付 {paid},{_day_zh(led.money_back_at)})"
@@ -598,8 +621,8 @@ def _refund_text(led: _Ledger) -> tuple[str, str]:
     lost = [d for d in led.disputes if d.status is DisputeStatus.LOST]
     if lost:
         ref = _dispute_name(d.reference for d in lost)
-        en += f", including {led.money(led.lost).format()} taken back by the lost dispute{ref}"
-        zh += f",含爭議{ref}{' ' if ref else ''}敗訴被扣回 {led.money(led.lost).format()}"
+        en += f", including {led.text(led.lost)} taken back by the lost dispute{ref}"
+        zh += f",含爭議{ref}{' ' if ref else ''}敗訴被扣回 {led.text(led.lost)}"
     return en, zh
 
 
@@ -612,9 +635,9 @@ def _status_text(status: ReconciliationStatus, led: _Ledger, match: _Match | Non
             ref = _dispute_name([d.reference])
             parts_en.append(f"Dispute{ref} is {d.status.value} (since {_day(d.at)})")
             parts_zh.append(f"金流爭議{ref}{' ' if ref else ''}尚未結案({d.status.value},{_day_zh(d.at)})")
-        amount = led.money(led.open_dispute).format()
-        en = "; ".join(parts_en) + f": {amount} of {led.money(led.paid).format()} paid is at stake."
-        zh = ";".join(parts_zh) + f",爭議金額 {amount}(實付 {led.money(led.paid).format()})。"
+        amount = led.text(led.open_dispute)
+        en = "; ".join(parts_en) + f": {amount} of {led.text(led.paid)} paid is at stake."
+        zh = ";".join(parts_zh) + f",爭議金額 {amount}(實付 {led.text(led.paid)})。"
         if led.has_refund:
             ren, rzh = _refund_text(led)
             en += f" {ren}."
@@ -624,25 +647,25 @@ def _status_text(status: ReconciliationStatus, led: _Ledger, match: _Match | Non
         assert match is not None and match.rebuy is not None
         rebuy = ledgers[match.rebuy]
         ren, rzh = _refund_text(led)
-        rec = led.money(match.recovered).format()
+        rec = led.text(match.recovered)
         en = (f"{ren}; student {student} re-bought course {course} as order {rebuy.order_id} "
-              f"(paid {rebuy.money(rebuy.paid).format()} on {_day(rebuy.paid_at)}, ref {_refs(rebuy.payment_refs)}); "
+              f"(paid {rebuy.text(rebuy.paid)} on {_day(rebuy.paid_at)}, ref {_refs(rebuy.payment_refs)}); "
               f"recovered {rec}.")
         zh = (f"{rzh};學員 {student} 以訂單 {rebuy.order_id} 重買課程 {course}"
-              f"(付款 {rebuy.money(rebuy.paid).format()},{_day_zh(rebuy.paid_at)},{_refs(rebuy.payment_refs)});"
+              f"(付款 {rebuy.text(rebuy.paid)},{_day_zh(rebuy.paid_at)},{_refs(rebuy.payment_refs)});"
               f"收入已恢復 {rec}。")
         residual = led.money_back - match.recovered
         if residual:
-            en += f" {led.money(residual).format()} is not recovered (the re-buy was cheaper)."
-            zh += f"差額 {led.money(residual).format()} 未恢復(重買金額較低)。"
+            en += f" {led.text(residual)} is not recovered (the re-buy was cheaper)."
+            zh += f"差額 {led.text(residual)} 未恢復(重買金額較低)。"
     elif status is S.REFUNDED_NO_REBUY:
         ren, rzh = _refund_text(led)
         en = f"{ren}; no qualifying re-buy of course {course} by student {student} after the refund."
         zh = f"{rzh};退刷後學員 {student} 未重買課程 {course}。"
     else:  # paid_valid
-        en = (f"Paid {led.money(led.paid).format()} on {_day(led.paid_at)} (ref {_refs(led.payment_refs)}); "
+        en = (f"Paid {led.text(led.paid)} on {_day(led.paid_at)} (ref {_refs(led.payment_refs)}); "
               "no refund and no open dispute.")
-        zh = (f"付款成功 {led.money(led.paid).format()}({_day_zh(led.paid_at)},{_refs(led.payment_refs)}),"
+        zh = (f"付款成功 {led.text(led.paid)}({_day_zh(led.paid_at)},{_refs(led.payment_refs)}),"
               "無退刷、無未結爭議。")
         won = [d.reference for d in led.disputes if d.status is DisputeStatus.WON]
         if won:
