@@ -7,7 +7,8 @@ platform (8.2 per command across the processes, 2-4 of them in the orders proces
 
 These processes never leave session state on a pooled connection, so the query resets nothing:
 - advisory locks taken on pooled connections are transaction-scoped (`pg_advisory_xact_lock*`); the
-  migration runner's session lock is released in its own `finally`;
+  migration runner's session lock is released in its own `finally`; other session locks (the projector's
+  rebuild and reconciliation runs) are held on a connection of their own (`session_lock` below);
 - LISTEN happens only on dedicated connections (read-your-writes, the relay's leader connection, the
   store's follower wake-up), never on pooled ones;
 - no `SET` (session settings) anywhere; cursors live only inside transactions.
@@ -18,6 +19,9 @@ cancelled is waited for or terminated.
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
 
 import asyncpg
 
@@ -31,3 +35,30 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 async def connect_store(dsn: str, *, min_size: int = 1, max_size: int = 10) -> EventStore:
     """Like `EventStore.connect` (migrations included), on a pool without the per-release reset query."""
     return await EventStore.connect(dsn, min_size=min_size, max_size=max_size, reset=_keep_session)
+
+
+@contextlib.asynccontextmanager
+async def session_lock(store: EventStore, key: int) -> AsyncIterator[None]:
+    """Hold the session advisory lock `key` for the block (waiting for it), on a connection of its own that
+    is closed afterwards: closing the session releases the lock whatever happened (a wait cancelled just as
+    the lock was granted, an unlock that failed), so no pooled connection ever goes back to a pool without
+    reset still holding it. Without the store's DSN, a pooled connection that unlocks everything it holds
+    before going back, and is terminated if it cannot."""
+    if store.dsn:
+        conn = await asyncpg.connect(store.dsn)
+        try:
+            await conn.execute("SELECT pg_advisory_lock($1)", key)
+            yield
+        finally:
+            await conn.close()
+        return
+    async with store.pool.acquire() as pooled:
+        try:
+            await pooled.execute("SELECT pg_advisory_lock($1)", key)
+            yield
+        finally:
+            try:
+                await pooled.execute("SELECT pg_advisory_unlock_all()")
+            except BaseException:
+                pooled.terminate()
+                raise

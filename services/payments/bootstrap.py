@@ -20,13 +20,14 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage
 from pydantic import Field, field_validator, model_validator
 
+from libs.application.pool import connect_store
 from libs.application.reactions import Reactions
 from libs.application.unit_of_work import UnitOfWork
 from libs.domain.errors import DomainError
 from libs.eventstore import EventStore
 from libs.eventstore.migrate import migrate
 from libs.messaging.broker import consumer_options, make_broker
-from libs.messaging.consumer import EnvelopeBatchConsumer, consume_batch
+from libs.messaging.consumer import EnvelopeBatchConsumer, consume_batch, the_message
 from libs.messaging.deadletter import DeadLetterPublisher, Source, mark_redriven, publish_dead_letters
 from libs.messaging.deadletter import attach as attach_dead_letters
 from libs.messaging.deadletter import record as record_dead_letter
@@ -34,6 +35,7 @@ from libs.messaging.topics import ensure_topics
 from libs.observability import CONSUMER_EVENTS, HANDLER_ERRORS
 from libs.runtime import serve, setup_logging
 from libs.settings import ServiceSettings
+from services.orders.domain import events as orders_ev
 from services.payments.application.batch import BatchUnitOfWork
 from services.payments.application.disputes import DisputesService
 from services.payments.application.kolable import KolableService
@@ -149,7 +151,8 @@ def upstream_batch_handler(ingestor: UpstreamIngestor, stats: dict[str, int], na
 
 def build_broker(settings: PaymentsSettings, ingestor: UpstreamIngestor, stats: dict[str, int],
                  consumer: EnvelopeBatchConsumer) -> KafkaBroker:
-    broker = make_broker(settings, client_id="closeloop-payments")
+    # apply_types=False: no FastDepends around each batch; the handlers get the message (the_message).
+    broker = make_broker(settings, client_id="closeloop-payments", apply_types=False)
     name = settings.instance_prefix + CONSUMER_GROUP
     attach_dead_letters([consumer], broker)
     # The upstream topic is consumed by the same group, without envelopes: its dead letters by hand.
@@ -157,14 +160,14 @@ def build_broker(settings: PaymentsSettings, ingestor: UpstreamIngestor, stats: 
 
     @broker.subscriber(ORDERS_EVENTS, group_id=name, batch=True, max_records=200, batch_timeout_ms=20,
                        ack_policy=AckPolicy.MANUAL, title="payments consumes orders.events",
-                       **consumer_options(settings))
-    async def on_orders_events(body: list[Any], msg: KafkaMessage) -> None:
+                       decoder=the_message, **consumer_options(settings))
+    async def on_orders_events(msg: KafkaMessage) -> None:
         await consume_batch(consumer, msg)
 
     @broker.subscriber(PAYMENTS_UPSTREAM, group_id=name, batch=True, max_records=500, batch_timeout_ms=20,
                        ack_policy=AckPolicy.MANUAL, title="payments consumes payments.upstream",
-                       **consumer_options(settings))
-    async def on_upstream(body: list[Any], msg: KafkaMessage) -> None:
+                       decoder=the_message, **consumer_options(settings))
+    async def on_upstream(msg: KafkaMessage) -> None:
         await handle(list(msg.raw_message))  # raises: not acknowledged, the batch comes again
         await asyncio.wait_for(msg.ack(), 30)
         await publish_dead_letters(publisher)
@@ -224,11 +227,17 @@ def wire(store: EventStore, policies: list[CancellationPolicy], wallet_policy: W
                     VouchersService(store, wallet_policy, clock))
 
 
+def orders_reactions(store: EventStore, service: PaymentsService, actor: str = "payments") -> Reactions:
+    """payments' reactions to orders.events; runs of OrderPlaced set-based (PaymentsService.on_orders_placed)."""
+    return Reactions(store, service.on_orders_event, actor=actor,
+                     batched={orders_ev.OrderPlaced: service.on_orders_placed})
+
+
 async def start(settings: PaymentsSettings) -> PaymentsContainer:
     from services.orders.application.services import utcnow
 
-    store = await EventStore.connect(settings.database_url, min_size=settings.db_pool_min,
-                                     max_size=settings.db_pool_max)
+    # No reset query on release (libs/application/pool.py): session locks are on connections of their own.
+    store = await connect_store(settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
     await ensure_topics(settings.kafka_bootstrap_servers, TOPICS, partitions=settings.kafka_topic_partitions,
                         replication=settings.kafka_replication_factor)
     async with store.pool.acquire() as conn:
@@ -236,7 +245,7 @@ async def start(settings: PaymentsSettings) -> PaymentsContainer:
     services = wire(store, parse_policies(settings.cancellation_policy_path.read_text()),
                     parse_wallet_policy(settings.wallet_policy_path.read_text()), utcnow)
     service, wallets, ingestor = services.service, services.wallets, services.ingestor
-    reactions = Reactions(store, service.on_orders_event, actor="payments")
+    reactions = orders_reactions(store, service)
     consumer = EnvelopeBatchConsumer(store.pool, settings.instance_prefix + CONSUMER_GROUP, reactions.handle)
     stats = {"stored": 0, "duplicates": 0, "malformed": 0}
     broker = build_broker(settings, ingestor, stats, consumer)

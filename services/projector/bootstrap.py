@@ -8,18 +8,18 @@ import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage
 from pydantic import Field, field_validator
 
+from libs.application.pool import connect_store
 from libs.application.timers import TimerRunner
 from libs.eventstore import EventStore
 from libs.eventstore.migrate import migrate
 from libs.messaging.broker import consumer_options, make_broker
-from libs.messaging.consumer import EnvelopeBatchConsumer, consume_batch, raw_records
+from libs.messaging.consumer import EnvelopeBatchConsumer, consume_batch, the_message
 from libs.messaging.deadletter import attach as attach_dead_letters
 from libs.messaging.topics import ensure_topics
 from libs.runtime import Background, serve, setup_logging
@@ -95,14 +95,15 @@ async def migrate_projector(store: EventStore) -> None:
 
 def build_broker(settings: ProjectorSettings, consumer: EnvelopeBatchConsumer,
                  topics: tuple[str, ...] = (ORDERS_EVENTS,)) -> KafkaBroker:
-    broker = make_broker(settings, client_id="closeloop-projector")
+    # apply_types=False: no FastDepends around each batch; the handler gets the message (the_message).
+    broker = make_broker(settings, client_id="closeloop-projector", apply_types=False)
 
     @broker.subscriber(*topics, group_id=settings.instance_prefix + CONSUMER_GROUP, batch=True,
                        max_records=settings.projector_batch_max_records,
                        batch_timeout_ms=settings.projector_batch_timeout_ms,
                        ack_policy=AckPolicy.MANUAL, title="projector consumes " + ", ".join(topics),
-                       decoder=raw_records, **consumer_options(settings))
-    async def on_events(body: Any, msg: KafkaMessage) -> None:
+                       decoder=the_message, **consumer_options(settings))
+    async def on_events(msg: KafkaMessage) -> None:
         # The effects, the processed ids and the offsets commit together; only then is the
         # batch acknowledged to Kafka (libs/messaging/consumer.py).
         await consume_batch(consumer, msg)
@@ -118,8 +119,8 @@ def daily_reconciliation(settings: ProjectorSettings, reconciler: Reconciler) ->
 
 
 async def start(settings: ProjectorSettings) -> Projector:
-    store = await EventStore.connect(settings.database_url, min_size=settings.db_pool_min,
-                                     max_size=settings.db_pool_max)
+    # No reset query on release (libs/application/pool.py): session locks are on connections of their own.
+    store = await connect_store(settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
     await migrate_projector(store)
     await ensure_topics(settings.kafka_bootstrap_servers, TOPICS, partitions=settings.kafka_topic_partitions,
                         replication=settings.kafka_replication_factor)

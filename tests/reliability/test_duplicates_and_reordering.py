@@ -76,7 +76,7 @@ def consumers(store: EventStore) -> dict[str, tuple[EnvelopeBatchConsumer, set[s
     from services.notifications.bootstrap import NotificationsSettings
     from services.notifications.bootstrap import wire as wire_notifications
     from services.orders.application.payments_reactions import PaymentsReactions
-    from services.payments.bootstrap import PaymentsSettings, parse_policies, parse_wallet_policy
+    from services.payments.bootstrap import PaymentsSettings, orders_reactions, parse_policies, parse_wallet_policy
     from services.payments.bootstrap import wire as wire_payments
     from services.projector.projections.facts import FactsProjection
     from services.projector.projections.orders import OrdersProjection
@@ -101,8 +101,8 @@ def consumers(store: EventStore) -> dict[str, tuple[EnvelopeBatchConsumer, set[s
         "projector": (EnvelopeBatchConsumer(pool, "projector.orders", functools.partial(
             live_apply, OrdersProjection(store), FactsProjection(store)), check_events=False),
             {ORDERS_EVENTS, PAYMENTS_EVENTS, RMA_EVENTS, SHIPPING_EVENTS, NOTIFICATIONS_EVENTS}),
-        "payments": (EnvelopeBatchConsumer(pool, "payments", Reactions(
-            store, payments.service.on_orders_event, actor="payments").handle), {ORDERS_EVENTS}),
+        "payments": (EnvelopeBatchConsumer(pool, "payments", orders_reactions(store, payments.service).handle),
+                     {ORDERS_EVENTS}),
         "orders": (EnvelopeBatchConsumer(pool, "orders", PaymentsReactions(store, clock).handle), {PAYMENTS_EVENTS}),
         "rma": (EnvelopeBatchConsumer(pool, "rma", rma.reactions.handle), {SHIPPING_EVENTS}),
         "shipping": (EnvelopeBatchConsumer(pool, "shipping", Reactions(store, shipping.react, actor="shipping").handle),

@@ -161,6 +161,36 @@ class PaymentsService:
             case _:
                 pass
 
+    async def on_orders_placed(self, conn: asyncpg.Connection,
+                               placed: list[tuple[CommandContext, DomainEvent]]) -> None:
+        """OrderPlaced events that came in a row in a batch (libs/application/reactions.py `batched`): what
+        on_orders_event does for each, set-based: the orders' locks in one statement, their transactions
+        read in one, one look for facts parked for them (there are none, normally: the order comes first),
+        one append, each TransactionOpened with the metadata of its own OrderPlaced. Facts parked for one of
+        these orders raise ParkedFactsWaiting: the reactions then go one by one, which releases them."""
+        events = [(ctx, e) for ctx, e in placed if isinstance(e, orders_ev.OrderPlaced)]
+        assert len(events) == len(placed), "only OrderPlaced runs come here"
+        uow = BatchUnitOfWork(self.store, conn, events[0][0])
+        order_ids = list(dict.fromkeys(e.order_id for _, e in events))
+        await lock_many(conn, [f"payments-order:{o}" for o in order_ids], set())  # as _lock_order, each
+        await uow.load_many([(Transaction, o) for o in order_ids])
+        at = self.clock()
+        opened: list[str] = []
+        for ctx, event in events:
+            uow.use(ctx)
+            txn = await uow.load(Transaction, event.order_id)
+            if txn.exists:
+                continue
+            policy = policy_in_force(self.policies, event.placed_at)
+            uow.add(Transaction.open(
+                event.order_id, customer_id=event.customer_id, placed_at=event.placed_at,
+                estimated_total=event.estimated_total, policy_version=policy.version, at=at,
+                prepayment_bill_id=event.prepayment_bill_id, payment_deadline=event.payment_deadline))
+            opened.append(event.order_id)
+        if opened and await conn.fetchval(_ANY_PARKED, opened):
+            raise ParkedFactsWaiting(opened)
+        await uow.flush()
+
     def _issue_compensation_vouchers(self, uow: UnitOfWork, txn: Transaction, at: datetime) -> None:
         """Seed 五: the compensation vouchers a cancellation granted become real vouchers of the customer
         (id `comp-<order>-<n>`, so a redelivered cancellation cannot issue them twice)."""
@@ -441,6 +471,17 @@ class PaymentsService:
                     await self.on_upstream_fact(uow, fact, row["event_id"])
             except DomainError as exc:
                 log.warning("parked fact %s refused: %s", fact.provider_event_id, exc)
+
+
+# Whether facts are parked for one of the orders ($1), under their own id or one of their payments' (what
+# _apply_parked releases).
+_ANY_PARKED = """SELECT EXISTS (SELECT 1 FROM payments_parked_facts WHERE order_key = ANY($1::text[])
+                                   OR order_key IN (SELECT provider_payment_id FROM payments_upstream_refs
+                                                     WHERE order_id = ANY($1::text[])))"""
+
+
+class ParkedFactsWaiting(Exception):
+    """on_orders_placed: facts wait for one of these orders; the one-by-one path releases them."""
 
 
 async def _lock_order(conn: asyncpg.Connection, order_id: str) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 import asyncpg
 
+from libs.application.pool import session_lock
 from libs.application.unit_of_work import CommandContext
 from libs.domain.errors import NotFound
 from libs.eventstore import EventStore
@@ -86,8 +87,7 @@ class Rebuilds:
 
         build = ShadowBuild(self.store, row["shadow_schema"], on_progress=report)
         swapped = False
-        async with self.store.pool.acquire() as lock:
-            await lock.execute("SELECT pg_advisory_lock($1)", RUN_LOCK)
+        async with session_lock(self.store, RUN_LOCK):  # its own connection (the pool does not reset)
             try:
                 await build.build()
                 for _ in range(CATCH_UP_ROUNDS):  # close in on the live stream before locking it
@@ -110,7 +110,6 @@ class Rebuilds:
                         WHERE rebuild_id = $1""", rebuild_id, f"{type(exc).__name__}: {exc}"[:2000])
                 raise
             finally:
-                await lock.execute("SELECT pg_advisory_unlock($1)", RUN_LOCK)
                 if not swapped:
                     with contextlib.suppress(asyncpg.PostgresError, OSError):
                         await build.drop()

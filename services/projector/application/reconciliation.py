@@ -40,6 +40,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from libs.application.pool import session_lock
 from libs.application.unit_of_work import CommandContext, UnitOfWork, execute
 from libs.domain.errors import NotFound
 from libs.eventstore import NO_STREAM, EventStore, NewEvent
@@ -172,14 +173,11 @@ class Reconciler:
         if row is None:
             raise NotFound(f"reconciliation {run_id} not found", run_id=run_id)
         run = _Run(self, dict(row), ctx, on_progress)
-        async with self.store.pool.acquire() as lock:
-            # Runs take turns: one replay at a time is what the machine has room for.
-            await run.set_phase("waiting")
-            await lock.execute("SELECT pg_advisory_lock($1)", RUN_LOCK)
-            try:
-                return await run.execute()
-            finally:
-                await lock.execute("SELECT pg_advisory_unlock($1)", RUN_LOCK)
+        # Runs take turns: one replay at a time is what the machine has room for. The session lock is held on a
+        # connection of its own (the projector's pool does not reset connections on release).
+        await run.set_phase("waiting")
+        async with session_lock(self.store, RUN_LOCK):
+            return await run.execute()
 
     # ------------------------------------------------------------------ lifecycle
     async def acknowledge(self, discrepancy: str, reason: str, ctx: CommandContext) -> dict[str, Any]:
