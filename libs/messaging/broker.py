@@ -28,6 +28,8 @@ def make_broker(settings: ServiceSettings, *, client_id: str, **kwargs: Any) -> 
         linger_ms=kwargs.pop("linger_ms", 2),
         log_level=kwargs.pop("log_level", logging.WARNING),
         graceful_timeout=kwargs.pop("graceful_timeout", 10.0),
+        # consumers rejoin when a topic's partition count changed (the relay's repair): see the setting
+        metadata_max_age_ms=kwargs.pop("metadata_max_age_ms", settings.kafka_metadata_max_age_ms),
         **kwargs,
     )
 

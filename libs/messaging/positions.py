@@ -40,10 +40,32 @@ from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 
 log = logging.getLogger("closeloop.consumer")
 
 Positions = dict[tuple[str, int], tuple[int, bytes]]
+
+
+class RecordingRoundRobin(RoundRobinPartitionAssignor):  # type: ignore[misc]
+    """aiokafka's round robin (same name and protocol, so members with either agree), remembering what the
+    group leader computed for each member id (in this process).
+
+    Tansu 0.6.0 keeps a group's generation when its members rejoin and answers the leader's SyncGroup
+    with the assignment of that generation it already has: after a topic went from 4 to 6 partitions
+    (the relay's repair of a topic auto-created during a broker loss) the leader computed 0-5 and was
+    given 0-3 again, for good; partitions 4 and 5 were never read (the broker-loss chaos test's flows
+    "transaction ... opened: not seen within 180 s"). StartWhereProcessed compares; on a difference the
+    member rejoins under a new member id, which Tansu gives a new generation."""
+
+    computed: dict[str, set[TopicPartition]] = {}
+
+    @classmethod
+    def assign(cls, cluster: Any, members: Any) -> Any:
+        result = super().assign(cluster, members)
+        for member_id, assignment in result.items():
+            cls.computed[member_id] = {TopicPartition(t, p) for t, ps in assignment.assignment for p in ps}
+        return result
 
 
 def record_mark(record: Any) -> bytes:
@@ -91,6 +113,7 @@ class StartWhereProcessed(ConsumerRebalanceListener):  # type: ignore[misc]
         self.subscriber: Any = None
         self.resumed: dict[TopicPartition, int] = {}  # the last decision per partition (tests, /readyz)
         self.rewound: set[TopicPartition] = set()
+        self.stale_assignments = 0
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         return None
@@ -101,6 +124,7 @@ class StartWhereProcessed(ConsumerRebalanceListener):  # type: ignore[misc]
         if consumer is None or not tps:
             return
         consumer.pause(*tps)  # first, before any await: nothing is fetched from a position not checked here
+        self._rejoin_if_stale(consumer, set(tps))
         try:
             try:
                 starts = await self.starts(tps)
@@ -120,6 +144,19 @@ class StartWhereProcessed(ConsumerRebalanceListener):  # type: ignore[misc]
         finally:
             still = consumer.assignment()
             consumer.resume(*[tp for tp in tps if tp in still])
+
+    def _rejoin_if_stale(self, consumer: Any, assigned: set[TopicPartition]) -> None:
+        """If this process's leader computed another assignment for this member than the broker gave it,
+        rejoin as a new member (RecordingRoundRobin)."""
+        coordinator: Any = getattr(consumer, "_coordinator", None)
+        member_id = getattr(coordinator, "member_id", None)
+        expected = RecordingRoundRobin.computed.pop(member_id, None) if member_id else None
+        if expected is None or expected == assigned:
+            return
+        log.warning("%s: the broker assigned %s, not %s as the group leader computed (a stale assignment): "
+                    "rejoining as a new member", self.name, _names(assigned), _names(expected))
+        self.stale_assignments += 1
+        coordinator.reset_generation()
 
     async def starts(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         """The partitions whose stored pair matches the broker's log, with the offset to start at."""
@@ -187,6 +224,7 @@ def subscribe(broker: Any, *topics: str, name: str, pool: Callable[[], asyncpg.P
     (StartWhereProcessed); the subscriber's consumer must record its positions (EnvelopeBatchConsumer does;
     others call save_positions)."""
     listener = StartWhereProcessed(name, pool, bootstrap)
+    options.setdefault("partition_assignment_strategy", (RecordingRoundRobin,))
     subscriber = broker.subscriber(*topics, listener=listener, **options)
     listener.subscriber = subscriber
     subscriber.start_where_processed = listener
@@ -197,3 +235,7 @@ def start_where_processed(consumer: Any, settings: Any) -> dict[str, Any]:
     """The `subscribe` arguments for the subscribers of a service whose positions are recorded under
     `consumer.name` (an EnvelopeBatchConsumer, and the same name for its external topics)."""
     return {"name": consumer.name, "pool": lambda: consumer.pool, "bootstrap": settings.kafka_bootstrap_servers}
+
+
+def _names(tps: Iterable[TopicPartition]) -> list[str]:
+    return [f"{tp.topic}/{tp.partition}" for tp in sorted(tps)]
