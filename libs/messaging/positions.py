@@ -18,6 +18,12 @@ mark; otherwise (no row, a high watermark below next_offset, another record, the
 it seeks to the partition's beginning, logging a WARNING, and the processed event ids make the re-reading
 harmless. Kafka's committed offsets are still written (lag tools read them) but no longer decide anything.
 
+Two more things were needed for a topic created again with more partitions (the relay's repair of one a
+client auto-created during the loss with Tansu's 4): aiokafka refreshes metadata every 5 minutes by
+default, and fetching partitions 0-3 of the new topic raises nothing, so the consumer did not rejoin
+(libs/messaging/broker.py now sets CLOSELOOP_KAFKA_METADATA_MAX_AGE_MS, 5 s); and on the rejoin Tansu 0.6.0
+answered with the group's old assignment (RecordingRoundRobin below).
+
 Cost: nothing per batch beyond a hash of one record per partition, folded into the existing offsets
 statement; one database read and one broker round trip per assignment.
 
