@@ -240,7 +240,9 @@ def subscribe(broker: Any, *topics: str, name: str, pool: Callable[[], asyncpg.P
 def start_where_processed(consumer: Any, settings: Any) -> dict[str, Any]:
     """The `subscribe` arguments for the subscribers of a service whose positions are recorded under
     `consumer.name` (an EnvelopeBatchConsumer, and the same name for its external topics)."""
-    return {"name": consumer.name, "pool": lambda: consumer.pool, "bootstrap": settings.kafka_bootstrap_servers}
+    # (consumer is None where a broker is only built to list its subscribers: tests/unit/test_deploy_files.py)
+    return {"name": getattr(consumer, "name", ""), "pool": lambda: consumer.pool,
+            "bootstrap": settings.kafka_bootstrap_servers}
 
 
 def _names(tps: Iterable[TopicPartition]) -> list[str]:
