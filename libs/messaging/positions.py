@@ -77,8 +77,8 @@ class RecordingRoundRobin(RoundRobinPartitionAssignor):  # type: ignore[misc]
 def record_mark(record: Any) -> bytes:
     """A short identity of a Kafka record: its value bytes and its timestamp (a record published again
     after a broker loss gets a new one, so the same event at the same offset of another log differs too)."""
-    h = hashlib.blake2b(record.value or b"", digest_size=16)
-    h.update(int(record.timestamp or 0).to_bytes(8, "big", signed=True))
+    h = hashlib.blake2b(getattr(record, "value", None) or b"", digest_size=16)
+    h.update(int(getattr(record, "timestamp", None) or 0).to_bytes(8, "big", signed=True))
     return h.digest()
 
 
