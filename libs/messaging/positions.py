@@ -69,6 +69,8 @@ class RecordingRoundRobin(RoundRobinPartitionAssignor):  # type: ignore[misc]
     @classmethod
     def assign(cls, cluster: Any, members: Any) -> Any:
         result = super().assign(cluster, members)
+        if len(cls.computed) > 1000:  # entries for members of other processes are never taken
+            cls.computed.clear()
         for member_id, assignment in result.items():
             cls.computed[member_id] = {TopicPartition(t, p) for t, ps in assignment.assignment for p in ps}
         return result
