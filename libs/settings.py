@@ -39,6 +39,11 @@ class ServiceSettings(BaseSettings):
     kafka_heartbeat_interval_ms: int = Field(default=500, ge=100)
     kafka_fetch_max_wait_ms: int = Field(default=10, ge=0)
     kafka_topic_partitions: int = Field(default=6, ge=1)
+    # How often every Kafka client of a service refreshes its metadata even without an error. aiokafka's
+    # default is 5 minutes: a consumer whose topic was deleted and created again with another partition count
+    # (the relay's repair after a broker loss) kept fetching the partitions it had and did not rejoin for that
+    # long, so the new partitions went unread (libs/messaging/positions.py).
+    kafka_metadata_max_age_ms: int = Field(default=5000, ge=500)
     instance_prefix: str = Field(
         default="", description="prefix of consumer group ids and timer owners, so that several independent "
                                 "deployments (or test stacks) can share one Kafka and one PostgreSQL, e.g. 'staging-'")

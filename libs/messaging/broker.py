@@ -33,6 +33,8 @@ def make_broker(settings: ServiceSettings, *, client_id: str, **kwargs: Any) -> 
         # Errors are logged at ERROR whatever this level.
         log_level=kwargs.pop("log_level", logging.DEBUG),
         graceful_timeout=kwargs.pop("graceful_timeout", 10.0),
+        # consumers rejoin when a topic's partition count changed (the relay's repair): see the setting
+        metadata_max_age_ms=kwargs.pop("metadata_max_age_ms", settings.kafka_metadata_max_age_ms),
         **kwargs,
     )
 

@@ -16,6 +16,14 @@ What it repairs: every topic of the platform with its partition count. A topic t
 metadata request auto-created meanwhile (Tansu creates 4 partitions; aiokafka always allows it) with
 another count is deleted and created again: it can only hold what was published since the loss,
 which is published again anyway. Then the marker.
+
+What the consumers do about it (libs/messaging/positions.py): Kafka's committed offsets survive such a
+repair in the wrong way (an offset committed on the lost log, or on a topic auto-created during the loss
+and committed after the repair re-created it, is accepted on the new log and skipped its head), so a
+consumer starts a partition only where the record before its own recorded offset is the one it processed,
+and otherwise at the beginning. A consumer must also see the new partition count: clients refresh their
+metadata every few seconds (CLOSELOOP_KAFKA_METADATA_MAX_AGE_MS), and a stale assignment that Tansu hands
+back on the rejoin is detected and the member joins again (positions.RecordingRoundRobin).
 """
 
 from __future__ import annotations

@@ -5,6 +5,14 @@ event ids (libs.messaging.inbox), hand only the new ones to the handler, record 
 offsets, commit, and only then acknowledge to Kafka. A crash before the commit leaves
 nothing behind and Kafka redelivers; a crash after the commit but before the
 acknowledgement makes Kafka redeliver events whose ids are already claimed.
+
+Where a partition starts is decided by the consumer, not by Kafka's committed offset: the offsets
+recorded with the effect carry a mark of the last record processed on each partition
+(libs.messaging.positions.record_mark), and on every assignment the subscriber's rebalance
+listener (positions.StartWhereProcessed, wired by positions.subscribe) starts at the recorded
+offset only when the broker's record just before it carries that mark, otherwise at the
+partition's beginning. A committed offset that outlived its log (the broker lost its state, a
+topic created again) used to skip the head of the re-published partition.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from libs.messaging.deadletter import (
     record_envelope,
 )
 from libs.messaging.inbox import claim, save_offsets
+from libs.messaging.positions import positions_of
 from libs.observability import (
     CONSUMER_BATCH_SECONDS,
     CONSUMER_EVENTS,
@@ -147,10 +156,11 @@ class EnvelopeBatchConsumer:
             # A re-drive's Source is needed at once (its dead letter's id); the others only if dead-lettered.
             batch.sources[e.event_id] = Source.of(rec) if target is not None and has_id else rec
             envelopes.append(e)
+        marks = {key: mark for key, (_, mark) in positions_of(records).items()}  # where each partition is
         attempt = 0
         while True:
             try:
-                applied = await self.process(envelopes, offsets, batch=batch, poison=poison)
+                applied = await self.process(envelopes, offsets, batch=batch, poison=poison, marks=marks)
                 break
             except TRANSIENT as exc:
                 # Nothing was committed; try the same batch again. Acknowledging it instead
@@ -167,11 +177,14 @@ class EnvelopeBatchConsumer:
 
     async def process(self, envelopes: list[env.EventEnvelope], offsets: dict[tuple[str, int], int] | None = None,
                       *, batch: Batch | None = None,
-                      poison: Sequence[tuple[Source, str, str]] = ()) -> list[env.EventEnvelope]:
+                      poison: Sequence[tuple[Source, str, str]] = (),
+                      marks: dict[tuple[str, int], bytes] | None = None) -> list[env.EventEnvelope]:
+        """marks: (topic, partition) -> record_mark of the record at offsets[...] - 1 (recorded with them)."""
         batch = Batch(self.name, _Sources(batch.sources) if batch else _Sources())  # afresh for each attempt
         token = current_batch.set(batch)
         try:
-            fresh = await self._process(conn_batch=batch, envelopes=envelopes, offsets=offsets, poison=poison)
+            fresh = await self._process(conn_batch=batch, envelopes=envelopes, offsets=offsets, poison=poison,
+                                        marks=marks or {})
         finally:
             current_batch.reset(token)
         batch.count()
@@ -182,7 +195,8 @@ class EnvelopeBatchConsumer:
 
     async def _process(self, *, conn_batch: Batch, envelopes: list[env.EventEnvelope],
                        offsets: dict[tuple[str, int], int] | None,
-                       poison: Sequence[tuple[Source, str, str]]) -> list[env.EventEnvelope]:
+                       poison: Sequence[tuple[Source, str, str]],
+                       marks: dict[tuple[str, int], bytes]) -> list[env.EventEnvelope]:
         redrives = {eid: s.redrive_id for eid, s in conn_batch.sources.items()
                     if isinstance(s, Source) and s.redrive_id is not None}
         async with pooled_transaction(self.pool) as conn:
@@ -204,7 +218,7 @@ class EnvelopeBatchConsumer:
             done = [rid for eid, rid in redrives.items() if eid not in conn_batch.dead and rid is not None]
             await mark_redriven(conn, done)
             if offsets:
-                await save_offsets(conn, self.name, [(t, p, o) for (t, p), o in offsets.items()])
+                await save_offsets(conn, self.name, [(t, p, o, marks.get((t, p))) for (t, p), o in offsets.items()])
         self.stats.batches += 1
         self.stats.received += len(envelopes)
         self.stats.applied += len(fresh)

@@ -27,14 +27,21 @@ async def claim(conn: asyncpg.Connection, consumer: str, event_ids: Sequence[UUI
 
 
 async def save_offsets(conn: asyncpg.Connection, consumer: str,
-                       offsets: Iterable[tuple[str, int, int]]) -> None:
-    """Record (topic, partition, next offset) checkpoints in the effect's transaction."""
+                       offsets: Iterable[tuple[str, int, int, bytes | None]]) -> None:
+    """Record (topic, partition, next offset, mark of the record at next offset - 1) checkpoints in the
+    effect's transaction (libs/messaging/positions.py).
+
+    The row becomes what this batch wrote, not the greatest offset seen: after the broker lost its state
+    offsets start again from 0, and a checkpoint is only useful as a (next offset, mark) pair that was true
+    of one log. A replica that still writes an older pair (during a rebalance) writes a true pair too: at
+    worst the partition is read again from further back."""
     rows = list(offsets)
     if not rows:
         return
     await conn.execute(  # one statement for the batch's partitions (each once: they come from a dict)
-        """INSERT INTO consumer_offsets (consumer, topic, partition, next_offset, updated_at)
-           SELECT $1, t, p, o, now() FROM unnest($2::text[], $3::integer[], $4::bigint[]) AS u(t, p, o)
+        """INSERT INTO consumer_offsets (consumer, topic, partition, next_offset, last_record, updated_at)
+           SELECT $1, t, p, o, m, now()
+             FROM unnest($2::text[], $3::integer[], $4::bigint[], $5::bytea[]) AS u(t, p, o, m)
            ON CONFLICT (consumer, topic, partition) DO UPDATE
-             SET next_offset = GREATEST(consumer_offsets.next_offset, EXCLUDED.next_offset), updated_at = now()""",
-        consumer, [t for t, _, _ in rows], [p for _, p, _ in rows], [o for _, _, o in rows])
+             SET next_offset = EXCLUDED.next_offset, last_record = EXCLUDED.last_record, updated_at = now()""",
+        consumer, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows])

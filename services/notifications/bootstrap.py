@@ -22,6 +22,7 @@ from libs.eventstore.migrate import migrate
 from libs.messaging.broker import consumer_options, make_broker
 from libs.messaging.consumer import EnvelopeBatchConsumer, consume_batch
 from libs.messaging.deadletter import attach as attach_dead_letters
+from libs.messaging.positions import start_where_processed, subscribe
 from libs.messaging.topics import ensure_topics
 from libs.runtime import serve, setup_logging
 from libs.settings import ServiceSettings
@@ -156,10 +157,12 @@ class NotificationsContainer:
 
 def build_broker(settings: NotificationsSettings, consumer: EnvelopeBatchConsumer) -> KafkaBroker:
     broker = make_broker(settings, client_id="closeloop-notifications")
+    starts = start_where_processed(consumer, settings)  # libs/messaging/positions.py
 
-    @broker.subscriber(RMA_EVENTS, SHIPPING_EVENTS, group_id=settings.instance_prefix + CONSUMER_GROUP, batch=True,
-                       max_records=200, batch_timeout_ms=20, ack_policy=AckPolicy.MANUAL,
-                       title="notifications consumes rma.events and shipping.events", **consumer_options(settings))
+    @subscribe(broker, RMA_EVENTS, SHIPPING_EVENTS, **starts, group_id=settings.instance_prefix + CONSUMER_GROUP,
+               batch=True,
+               max_records=200, batch_timeout_ms=20, ack_policy=AckPolicy.MANUAL,
+               title="notifications consumes rma.events and shipping.events", **consumer_options(settings))
     async def on_after_sales_events(body: list[Any], msg: KafkaMessage) -> None:
         # The messages, SLA clocks, processed ids and offsets commit together; only then is the
         # batch acknowledged to Kafka (libs/messaging/consumer.py).

@@ -19,6 +19,7 @@ from libs.eventstore import EventStore
 from libs.messaging.broker import consumer_options, make_broker
 from libs.messaging.consumer import EnvelopeBatchConsumer, consume_batch
 from libs.messaging.deadletter import attach as attach_dead_letters
+from libs.messaging.positions import start_where_processed, subscribe
 from libs.messaging.topics import ensure_topics
 from libs.runtime import serve, setup_logging
 from libs.settings import ServiceSettings
@@ -53,10 +54,12 @@ class OrdersContainer:
 
 def build_broker(settings: OrdersSettings, consumer: EnvelopeBatchConsumer) -> KafkaBroker:
     broker = make_broker(settings, client_id="closeloop-orders")
+    starts = start_where_processed(consumer, settings)  # libs/messaging/positions.py
 
-    @broker.subscriber(PAYMENTS_EVENTS, group_id=settings.instance_prefix + CONSUMER_GROUP, batch=True, max_records=200,
-                       batch_timeout_ms=20, ack_policy=AckPolicy.MANUAL, title="orders consumes payments.events",
-                       **consumer_options(settings))
+    @subscribe(broker, PAYMENTS_EVENTS, **starts, group_id=settings.instance_prefix + CONSUMER_GROUP, batch=True,
+               max_records=200, batch_timeout_ms=20, ack_policy=AckPolicy.MANUAL,
+               title="orders consumes payments.events",
+               **consumer_options(settings))
     async def on_payments_events(body: list[Any], msg: KafkaMessage) -> None:
         # The effects, the processed ids and the offsets commit together; only then is the
         # batch acknowledged to Kafka (libs/messaging/consumer.py).

@@ -31,6 +31,7 @@ from libs.messaging.consumer import EnvelopeBatchConsumer, consume_batch, the_me
 from libs.messaging.deadletter import DeadLetterPublisher, Source, mark_redriven, publish_dead_letters
 from libs.messaging.deadletter import attach as attach_dead_letters
 from libs.messaging.deadletter import record as record_dead_letter
+from libs.messaging.positions import record_positions, start_where_processed, subscribe
 from libs.messaging.topics import ensure_topics
 from libs.observability import CONSUMER_EVENTS, HANDLER_ERRORS
 from libs.runtime import serve, setup_logging
@@ -153,22 +154,24 @@ def build_broker(settings: PaymentsSettings, ingestor: UpstreamIngestor, stats: 
                  consumer: EnvelopeBatchConsumer) -> KafkaBroker:
     # apply_types=False: no FastDepends around each batch; the handlers get the message (the_message).
     broker = make_broker(settings, client_id="closeloop-payments", apply_types=False)
+    starts = start_where_processed(consumer, settings)  # libs/messaging/positions.py
     name = settings.instance_prefix + CONSUMER_GROUP
     attach_dead_letters([consumer], broker)
     # The upstream topic is consumed by the same group, without envelopes: its dead letters by hand.
     publisher = DeadLetterPublisher(broker, lambda: ingestor.store.pool, name)
 
-    @broker.subscriber(ORDERS_EVENTS, group_id=name, batch=True, max_records=200, batch_timeout_ms=20,
-                       ack_policy=AckPolicy.MANUAL, title="payments consumes orders.events",
-                       decoder=the_message, **consumer_options(settings))
+    @subscribe(broker, ORDERS_EVENTS, **starts, group_id=name, batch=True, max_records=200, batch_timeout_ms=20,
+               ack_policy=AckPolicy.MANUAL, title="payments consumes orders.events",
+               decoder=the_message, **consumer_options(settings))
     async def on_orders_events(msg: KafkaMessage) -> None:
         await consume_batch(consumer, msg)
 
-    @broker.subscriber(PAYMENTS_UPSTREAM, group_id=name, batch=True, max_records=500, batch_timeout_ms=20,
-                       ack_policy=AckPolicy.MANUAL, title="payments consumes payments.upstream",
-                       decoder=the_message, **consumer_options(settings))
+    @subscribe(broker, PAYMENTS_UPSTREAM, **starts, group_id=name, batch=True, max_records=500, batch_timeout_ms=20,
+               ack_policy=AckPolicy.MANUAL, title="payments consumes payments.upstream",
+               decoder=the_message, **consumer_options(settings))
     async def on_upstream(msg: KafkaMessage) -> None:
         await handle(list(msg.raw_message))  # raises: not acknowledged, the batch comes again
+        await record_positions(ingestor.store.pool, name, msg.raw_message)  # where to start after a rebalance
         await asyncio.wait_for(msg.ack(), 30)
         await publish_dead_letters(publisher)
 

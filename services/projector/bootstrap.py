@@ -21,6 +21,7 @@ from libs.eventstore.migrate import migrate
 from libs.messaging.broker import consumer_options, make_broker
 from libs.messaging.consumer import EnvelopeBatchConsumer, consume_batch, the_message
 from libs.messaging.deadletter import attach as attach_dead_letters
+from libs.messaging.positions import start_where_processed, subscribe
 from libs.messaging.topics import ensure_topics
 from libs.runtime import Background, serve, setup_logging
 from libs.settings import ServiceSettings
@@ -97,12 +98,13 @@ def build_broker(settings: ProjectorSettings, consumer: EnvelopeBatchConsumer,
                  topics: tuple[str, ...] = (ORDERS_EVENTS,)) -> KafkaBroker:
     # apply_types=False: no FastDepends around each batch; the handler gets the message (the_message).
     broker = make_broker(settings, client_id="closeloop-projector", apply_types=False)
+    starts = start_where_processed(consumer, settings)  # libs/messaging/positions.py
 
-    @broker.subscriber(*topics, group_id=settings.instance_prefix + CONSUMER_GROUP, batch=True,
-                       max_records=settings.projector_batch_max_records,
-                       batch_timeout_ms=settings.projector_batch_timeout_ms,
-                       ack_policy=AckPolicy.MANUAL, title="projector consumes " + ", ".join(topics),
-                       decoder=the_message, **consumer_options(settings))
+    @subscribe(broker, *topics, **starts, group_id=settings.instance_prefix + CONSUMER_GROUP, batch=True,
+               max_records=settings.projector_batch_max_records,
+               batch_timeout_ms=settings.projector_batch_timeout_ms,
+               ack_policy=AckPolicy.MANUAL, title="projector consumes " + ", ".join(topics),
+               decoder=the_message, **consumer_options(settings))
     async def on_events(msg: KafkaMessage) -> None:
         # The effects, the processed ids and the offsets commit together; only then is the
         # batch acknowledged to Kafka (libs/messaging/consumer.py).

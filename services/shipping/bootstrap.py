@@ -27,6 +27,7 @@ from libs.messaging.consumer import EnvelopeBatchConsumer, consume_batch
 from libs.messaging.deadletter import DeadLetterPublisher, Source, mark_redriven, publish_dead_letters
 from libs.messaging.deadletter import attach as attach_dead_letters
 from libs.messaging.deadletter import record as record_dead_letter
+from libs.messaging.positions import record_positions, start_where_processed, subscribe
 from libs.messaging.topics import ensure_topics
 from libs.observability import CONSUMER_EVENTS, HANDLER_ERRORS
 from libs.runtime import serve, setup_logging
@@ -161,20 +162,21 @@ async def ingest_carrier_record(services: Services, record: Any, stats: dict[str
 def build_broker(settings: ShippingSettings, services: Services, consumer: EnvelopeBatchConsumer,
                  stats: dict[str, int]) -> KafkaBroker:
     broker = make_broker(settings, client_id="closeloop-shipping")
+    starts = start_where_processed(consumer, settings)  # libs/messaging/positions.py
     name = settings.instance_prefix + CONSUMER_GROUP
     attach_dead_letters([consumer], broker)
     # The carriers' topic is consumed by the same group, without envelopes: its dead letters by hand.
     publisher = DeadLetterPublisher(broker, lambda: services.store.pool, name)
 
-    @broker.subscriber(RMA_EVENTS, group_id=name, batch=True, max_records=200, batch_timeout_ms=20,
-                       ack_policy=AckPolicy.MANUAL, title="shipping consumes rma.events",
-                       **consumer_options(settings))
+    @subscribe(broker, RMA_EVENTS, **starts, group_id=name, batch=True, max_records=200, batch_timeout_ms=20,
+               ack_policy=AckPolicy.MANUAL, title="shipping consumes rma.events",
+               **consumer_options(settings))
     async def on_rma_events(body: list[Any], msg: KafkaMessage) -> None:
         await consume_batch(consumer, msg)
 
-    @broker.subscriber(CARRIER_TRACKING, group_id=name, batch=True, max_records=200, batch_timeout_ms=20,
-                       ack_policy=AckPolicy.MANUAL, title="shipping consumes carrier.tracking",
-                       **consumer_options(settings))
+    @subscribe(broker, CARRIER_TRACKING, **starts, group_id=name, batch=True, max_records=200, batch_timeout_ms=20,
+               ack_policy=AckPolicy.MANUAL, title="shipping consumes carrier.tracking",
+               **consumer_options(settings))
     async def on_carrier_tracking(body: list[Any], msg: KafkaMessage) -> None:
         # Each carrier event is recorded once however often it comes (the parcel's stream keeps its
         # key), so acknowledging after the appends is enough; a database fault raises and the batch
@@ -183,6 +185,7 @@ def build_broker(settings: ShippingSettings, services: Services, consumer: Envel
             for record in msg.raw_message:
                 if await ingest_carrier_record(services, record, stats, name):
                     publisher.pending = True
+            await record_positions(services.store.pool, name, msg.raw_message)  # where to start after a rebalance
         except Exception:
             await asyncio.sleep(1.0)
             await msg.nack()

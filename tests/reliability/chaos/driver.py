@@ -28,6 +28,10 @@ class Mode:
     concurrency: int
     # Seconds of workload before the chaos starts (a random moment in this range).
     lead_in: tuple[float, float] = (2.0, 4.0)
+    # The same for the broker's restart: early, while the services' consumers are still joining and the first
+    # orders' events are in flight (a consumer's committed offset used to outlive the lost log there and
+    # skip the head of the re-published partition: libs/messaging/positions.py).
+    broker_lead_in: tuple[float, float] = (1.0, 2.0)
     # The kills: one after another (each process back before the next kill), or all within this many
     # seconds of each other, overlapping (several processes down at once), when set.
     kill_window: float | None = None

@@ -33,7 +33,7 @@ async def partition_counts(bootstrap: str) -> dict[str, int]:
 async def test_a_broker_restart_mid_workload_is_recovered_from_the_event_store(
         platform: Platform, auth: Any, mode: Mode) -> None:
     async def chaos(log: ChaosLog, rng: random.Random) -> None:
-        await restart_broker(platform, log, rng, mode.lead_in)
+        await restart_broker(platform, log, rng, mode.broker_lead_in)
         await asyncio.sleep(rng.uniform(*mode.lead_in))
 
     workload, report, _ = await run_scenario("broker loss", platform, auth, mode, mode.broker_commands, chaos)
