@@ -110,6 +110,14 @@ class PaymentsService:
         return await conn.fetchval("SELECT merchant_id FROM payments_order_merchants WHERE order_id = $1", order_id)
 
     # --- reactions to orders.events -------------------------------------------------------
+    def _opened(self, event: orders_ev.OrderPlaced, at: datetime) -> Transaction:
+        """The transaction an OrderPlaced opens, under the cancellation policy in force when it was placed."""
+        policy = policy_in_force(self.policies, event.placed_at)
+        return Transaction.open(
+            event.order_id, customer_id=event.customer_id, placed_at=event.placed_at,
+            estimated_total=event.estimated_total, policy_version=policy.version, at=at,
+            prepayment_bill_id=event.prepayment_bill_id, payment_deadline=event.payment_deadline)
+
     async def on_orders_event(self, uow: UnitOfWork, event: DomainEvent) -> None:
         at = self.clock()
         match event:
@@ -118,11 +126,7 @@ class PaymentsService:
                 txn = await uow.load(Transaction, event.order_id)
                 if txn.exists:
                     return
-                policy = policy_in_force(self.policies, event.placed_at)
-                uow.add(Transaction.open(
-                    event.order_id, customer_id=event.customer_id, placed_at=event.placed_at,
-                    estimated_total=event.estimated_total, policy_version=policy.version, at=at,
-                    prepayment_bill_id=event.prepayment_bill_id, payment_deadline=event.payment_deadline))
+                uow.add(self._opened(event, at))
                 await self._apply_parked(uow, event.order_id)
             case orders_ev.OrderAccepted():
                 await uow.conn.execute(
@@ -181,11 +185,7 @@ class PaymentsService:
             txn = await uow.load(Transaction, event.order_id)
             if txn.exists:
                 continue
-            policy = policy_in_force(self.policies, event.placed_at)
-            uow.add(Transaction.open(
-                event.order_id, customer_id=event.customer_id, placed_at=event.placed_at,
-                estimated_total=event.estimated_total, policy_version=policy.version, at=at,
-                prepayment_bill_id=event.prepayment_bill_id, payment_deadline=event.payment_deadline))
+            uow.add(self._opened(event, at))
             opened.append(event.order_id)
         if opened and await conn.fetchval(_ANY_PARKED, opened):
             raise ParkedFactsWaiting(opened)
