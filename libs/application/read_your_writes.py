@@ -19,6 +19,8 @@ import time
 
 import asyncpg
 
+from libs.eventstore.errors import DATABASE_ERRORS
+
 CHANNEL = "closeloop_projection"
 log = logging.getLogger("closeloop.read_your_writes")
 
@@ -57,7 +59,7 @@ class ProjectionWaiter:
                     "SELECT s.projection, s.stream_id, s.version FROM projection_streams s"
                     " JOIN unnest($1::text[], $2::text[]) AS w(projection, stream_id) USING (projection, stream_id)",
                     [p for p, _ in keys], [s for _, s in keys])
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except DATABASE_ERRORS as exc:
                 log.warning("read-your-writes check failed (waiters re-check within a second): %s", exc)
                 return
             for r in rows:

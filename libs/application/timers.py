@@ -23,6 +23,7 @@ from typing import Any
 
 import asyncpg
 
+from libs.eventstore.errors import DATABASE_ERRORS
 from libs.observability import TIMERS_FIRED
 
 log = logging.getLogger("closeloop.timers")
@@ -112,7 +113,7 @@ class TimerRunner:
         while not stop.is_set():
             try:
                 await self.fire_due()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except DATABASE_ERRORS as exc:
                 log.warning("timer runner error: %s", exc)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.poll_seconds)

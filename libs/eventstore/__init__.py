@@ -1,6 +1,7 @@
 """Event store on PostgreSQL: the single source of truth. See store.py for guarantees."""
 
 from libs.eventstore.errors import (
+    DATABASE_ERRORS,
     DATABASE_UNAVAILABLE,
     DuplicateEventId,
     EventStoreError,
@@ -22,7 +23,8 @@ from libs.eventstore.model import (
 from libs.eventstore.store import EventStore, Finding, create_pool
 
 __all__ = [
-    "ANY_VERSION", "DATABASE_UNAVAILABLE", "GENESIS_HASH", "NO_STREAM", "START", "AppendResult", "Cursor",
+    "ANY_VERSION", "DATABASE_ERRORS", "DATABASE_UNAVAILABLE", "GENESIS_HASH", "NO_STREAM", "START", "AppendResult",
+    "Cursor",
     "DuplicateEventId",
     "EventStore", "EventStoreError", "Finding", "IdempotencyKeyReused", "Metadata", "NewEvent",
     "RecordedEvent", "WrongExpectedVersion", "create_pool", "uuid7",

@@ -21,6 +21,12 @@ DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
     asyncpg.exceptions.TooManyConnectionsError,
 )
 
+# What a background loop (timers, the notification dispatcher, the relay's LISTEN, read-your-writes, the
+# followers' wake-up) logs and retries instead of dying: any error of the database or of the connection
+# to it. A half-broken connection raises InternalClientError, which is neither a PostgresError nor an
+# InterfaceError: a loop catching only those died in the database-outage chaos test (notifications' timers).
+DATABASE_ERRORS: tuple[type[Exception], ...] = (asyncpg.PostgresError, *DATABASE_UNAVAILABLE)
+
 
 class EventStoreError(Exception):
     pass

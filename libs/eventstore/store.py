@@ -37,7 +37,13 @@ from uuid import UUID
 import asyncpg
 import orjson
 
-from libs.eventstore.errors import DATABASE_UNAVAILABLE, DuplicateEventId, IdempotencyKeyReused, WrongExpectedVersion
+from libs.eventstore.errors import (
+    DATABASE_ERRORS,
+    DATABASE_UNAVAILABLE,
+    DuplicateEventId,
+    IdempotencyKeyReused,
+    WrongExpectedVersion,
+)
 from libs.eventstore.migrate import EVENTSTORE_MIGRATIONS, migrate
 from libs.eventstore.model import (
     GENESIS_HASH,
@@ -325,7 +331,7 @@ class EventStore:
                     async with self.pool.acquire() as c, c.transaction():
                         await c.execute("SET LOCAL synchronous_commit = off")
                         await c.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except DATABASE_ERRORS as exc:
                 # Followers also poll slowly as a safety net; the next commit tries again.
                 log.warning("could not wake the event store's followers: %s", exc)
                 self._wake_conn = None

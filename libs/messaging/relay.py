@@ -41,6 +41,7 @@ import asyncpg
 from faststream.kafka import KafkaBroker
 
 from libs.eventstore import START, Cursor, EventStore, RecordedEvent
+from libs.eventstore.errors import DATABASE_ERRORS
 from libs.eventstore.store import NOTIFY_CHANNEL
 from libs.messaging import envelope
 from libs.messaging.broker_watch import BrokerWatch
@@ -203,7 +204,7 @@ class Relay:
         while not stop.is_set():
             try:
                 conn = await asyncpg.connect(self.store.dsn)
-            except (OSError, asyncpg.PostgresError) as exc:
+            except DATABASE_ERRORS as exc:
                 log.warning("relay %s: cannot connect for LISTEN (%s); retrying", self.name, exc)
                 await self._sleep(stop, 1.0)
                 continue

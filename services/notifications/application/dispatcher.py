@@ -28,6 +28,7 @@ import asyncpg
 
 from libs.application.unit_of_work import CommandContext, UnitOfWork, execute
 from libs.eventstore import EventStore
+from libs.eventstore.errors import DATABASE_ERRORS
 from services.notifications.adapters.senders import OutgoingMessage, Sender, SendError
 from services.notifications.application import outbox
 from services.notifications.application.metrics import FAILED, GAVE_UP, RETRIED, SENT
@@ -156,7 +157,7 @@ class Dispatcher:
             self._wake.clear()
             try:
                 await self.dispatch_due()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except DATABASE_ERRORS as exc:
                 log.warning("dispatcher round failed: %s", exc)
             waker = asyncio.create_task(self._wake.wait())
             stopper = asyncio.create_task(stop.wait())
