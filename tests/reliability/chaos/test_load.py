@@ -92,12 +92,30 @@ class Load:
     def __init__(self, platform: Platform, workload: Workload) -> None:
         self.p = platform
         self.w = workload
-        self.http = httpx.AsyncClient(timeout=httpx.Timeout(10, connect=2), auth=workload.http.auth,
-                                      limits=httpx.Limits(max_connections=400, max_keepalive_connections=200))
+        self.http = self._client()
         self.rng = random.Random()
 
     async def aclose(self) -> None:
         await self.http.aclose()
+
+    def _client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(timeout=httpx.Timeout(10, connect=2), auth=self.w.http.auth,
+                                 limits=httpx.Limits(max_connections=400, max_keepalive_connections=200))
+
+    async def _fresh_client(self, res: LoadResult, pending: set[asyncio.Task[None]]) -> None:
+        """End a run cleanly: commands still unanswered 30 s after the run are cancelled and counted as errors,
+        and the next run gets a new HTTP client. Left running, an overloaded run's backlog (thousands of
+        requests queued in httpx's pool, whose bookkeeping then takes the client's CPU) went on into the
+        following runs and made every one of them time out (the full run of 2026-12-02: PoolTimeout at
+        25/s after 300/s and 200/s)."""
+        left = [t for t in pending if not t.done()]
+        for task in left:
+            task.cancel()
+        if left:
+            await asyncio.wait(left, timeout=10)
+            res.errors += [f"unanswered {len(left)} commands 30 s after the run (cancelled)"]
+        await self.http.aclose()
+        self.http = self._client()
 
     def next_command(self) -> tuple[str, str, str, Any, tuple[str, str], bool]:
         """(service, method, path, body, who, sample the read model)"""
@@ -176,6 +194,7 @@ class Load:
         if pending:
             await asyncio.wait(pending, timeout=30)
         res.wall = time.monotonic() - start
+        await self._fresh_client(res, pending)
         res.rss["end"] = self.p.rss()
         res.cpu_seconds = {n: _cpu(p) - cpu0[n] for n, p in procs.items()}
         return res
