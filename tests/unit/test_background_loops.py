@@ -20,7 +20,7 @@ OUTAGE_ERRORS = [
     asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
     asyncpg.InterfaceError("connection is closed"),
     ConnectionRefusedError(111, "Connection refused"),
-    asyncio.TimeoutError(),
+    TimeoutError(),
 ]
 
 
