@@ -48,6 +48,8 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 
+from libs.messaging.broker import without_idle_sleep
+
 log = logging.getLogger("closeloop.consumer")
 
 Positions = dict[tuple[str, int], tuple[int, bytes]]
@@ -233,7 +235,7 @@ def subscribe(broker: Any, *topics: str, name: str, pool: Callable[[], asyncpg.P
     others call save_positions)."""
     listener = StartWhereProcessed(name, pool, bootstrap)
     options.setdefault("partition_assignment_strategy", (RecordingRoundRobin,))
-    subscriber = broker.subscriber(*topics, listener=listener, **options)
+    subscriber = without_idle_sleep(broker.subscriber(*topics, listener=listener, **options))
     listener.subscriber = subscriber
     subscriber.start_where_processed = listener
     return subscriber
