@@ -51,14 +51,25 @@ def setup_logging(level: str, service: str) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+# Seconds an idle keep-alive connection stays open. Above what clients keep one for (httpx's default
+# keepalive_expiry is 5 s, as was uvicorn's timeout_keep_alive): with equal times a client could send on a
+# connection the server was closing at that moment and get a ReadError for a request never processed (seen in
+# the full load test at 25 commands/s). Load balancers' idle timeouts (60 s) stay below it too.
+KEEP_ALIVE_SECONDS = 75
+
+
+def http_config(app: FastAPI, host: str, port: int) -> uvicorn.Config:
+    return uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="on",
+                          timeout_keep_alive=KEEP_ALIVE_SECONDS)
+
+
 async def serve(app: FastAPI, host: str, port: int, background: list[Background] | None = None) -> None:
     """Serve `app` and run each background loop until SIGTERM/SIGINT."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="on")
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(http_config(app, host, port))
     app.state.stop = stop
     tasks = [asyncio.create_task(server.serve(), name="http")]
 
