@@ -14,6 +14,7 @@ from itertools import chain
 from typing import Any
 
 from faststream.kafka import KafkaBroker
+from faststream.kafka.subscriber.usecase import BatchSubscriber
 
 from libs.settings import ServiceSettings
 
@@ -66,6 +67,6 @@ def without_idle_sleep(subscriber: Any) -> Any:
     of a command's path (measured: the read-your-writes wait of a placed order, relay → projector). getmany
     already waits up to its timeout and returns as soon as a fetch brings records, so the loop never spins
     without the sleep. Subscribers that are not batch subscribers are returned as they are."""
-    if hasattr(subscriber, "batch_timeout_ms") and hasattr(subscriber, "max_records"):
+    if isinstance(subscriber, BatchSubscriber):
         subscriber.get_msg = types.MethodType(_next_batch, subscriber)
     return subscriber
