@@ -68,5 +68,5 @@ def without_idle_sleep(subscriber: Any) -> Any:
     already waits up to its timeout and returns as soon as a fetch brings records, so the loop never spins
     without the sleep. Subscribers that are not batch subscribers are returned as they are."""
     if isinstance(subscriber, BatchSubscriber):
-        subscriber.get_msg = types.MethodType(_next_batch, subscriber)
+        subscriber.get_msg = types.MethodType(_next_batch, subscriber)  # type: ignore[method-assign]
     return subscriber
