@@ -15,6 +15,7 @@ from faststream.kafka import KafkaBroker, KafkaMessage
 from pydantic import Field, field_validator
 
 from libs.application.pool import connect_store
+from libs.application.read_your_writes import ProjectionWaiter
 from libs.application.timers import TimerRunner
 from libs.eventstore import EventStore
 from libs.eventstore.migrate import migrate
@@ -87,6 +88,7 @@ class Projector:
     rebuilds: Rebuilds | None = None
     daily: DailyReconciliation | None = None
     timers: TimerRunner | None = None
+    waiter: ProjectionWaiter | None = None  # read-your-writes waits of GET /orders/{id}?min_version=
 
 
 async def migrate_projector(store: EventStore) -> None:
@@ -140,8 +142,13 @@ async def start(settings: ProjectorSettings) -> Projector:
         due = await daily.arm(store.pool)
         log.info("daily reconciliation at %s: next run due %s", daily.setting, due.isoformat())
     broker = build_broker(settings, consumer, CONSUMED_TOPICS)
+    # One LISTEN connection wakes every reader waiting for a version (no query per waiter per tick on
+    # the pool the consumer writes with: that starved the consumer under load, issue 7's load test).
+    waiter = ProjectionWaiter(store.pool, store.dsn)
+    await waiter.start()
     await broker.start()
-    return Projector(settings, store, broker, orders, consumer, facts, reconciler, Rebuilds(store), daily, timers)
+    return Projector(settings, store, broker, orders, consumer, facts, reconciler, Rebuilds(store), daily, timers,
+                     waiter)
 
 
 async def main() -> None:
@@ -156,4 +163,6 @@ async def main() -> None:
         await serve(create_app(projector), settings.http_host, settings.http_port, background=background)
     finally:
         await projector.broker.stop()
+        if projector.waiter is not None:
+            await projector.waiter.stop()
         await projector.store.close()

@@ -3,6 +3,8 @@ contract and the projector's read model, each a separate process."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -258,6 +260,32 @@ async def test_read_your_writes_wait_returns_once_the_read_model_shows_the_chang
     assert placed["read_model"]["caught_up"] is True
     r = await client.http.get(f"{client.projector_url}/orders/{placed['order_id']}")  # no waiting here
     assert r.status_code == 200 and r.json()["version"] >= placed["version"]
+
+
+async def test_readers_waiting_for_a_version_get_it_once_projected_and_504_when_it_never_comes(
+        client: PlatformClient) -> None:
+    customer = f"c-{uid()}"
+    placed = await client.command("/orders", order_body(customer, f"s-{uid()}"), actor=customer, role="customer",
+                                  wait=True)
+    oid, url = placed["order_id"], f"{client.projector_url}/orders/{placed['order_id']}"
+    # Twenty readers wait for the version the cancellation will reach, before it exists.
+    waiting = [asyncio.create_task(client.http.get(url, params={"min_version": placed["version"] + 1,
+                                                                "wait_ms": 8000})) for _ in range(20)]
+    await asyncio.sleep(0.3)
+    assert not any(t.done() for t in waiting)  # they wait; nothing answers with the old version
+    cancelled = await client.command(f"/orders/{oid}/cancel", {"cancelled_by": "customer", "reason_code": "oops"},
+                                     actor=customer, role="customer")
+    answers = await asyncio.gather(*waiting)
+    assert [r.status_code for r in answers] == [200] * 20
+    assert {r.json()["version"] for r in answers} == {cancelled["version"]}
+    assert {r.json()["status"] for r in answers} == {"cancelled"}
+    started = time.perf_counter()
+    r = await client.http.get(url, params={"min_version": cancelled["version"] + 5, "wait_ms": 400})
+    assert r.status_code == 504 and f"{cancelled['version'] + 5} not reached within 400 ms" in r.text
+    assert time.perf_counter() - started >= 0.4
+    r = await client.http.get(f"{client.projector_url}/orders/o-never-{uid()}", params={"min_version": 1,
+                                                                                        "wait_ms": 200})
+    assert r.status_code == 404
 
 
 async def test_orders_list_filters_by_status_and_customer_and_pages(client: PlatformClient) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from datetime import datetime
 from typing import Annotated, Any
@@ -18,9 +17,11 @@ from libs.http.health import install_health
 from libs.messaging.consumer import assigned_partitions, refresh_consumer_lag
 from libs.observability import install_metrics
 from services.orders.domain.events import OrderStatus
+from services.orders.domain.order import Order
 from services.projector.entrypoints.access import ACCESS
 from services.projector.entrypoints.console_http import router as console_router
 from services.projector.entrypoints.reconciliation_http import router as reconciliation_router
+from services.projector.projections.orders import PROJECTION
 
 OrderId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
@@ -180,14 +181,14 @@ def create_app(projector: Any | None) -> FastAPI:
         wait_ms: Annotated[int, Query(ge=0, le=10000)] = 2000,
     ) -> OrderView:
         """One order: summary, bills and status labels."""
-        deadline = asyncio.get_running_loop().time() + wait_ms / 1000
-        while True:
-            row = await pool(request).fetchrow("SELECT * FROM rm_orders WHERE order_id = $1", order_id)
-            if row is not None and (min_version is None or row["order_version"] >= min_version):
-                break
-            if min_version is None or asyncio.get_running_loop().time() >= deadline:
-                break
-            await asyncio.sleep(0.01)
+        sql = "SELECT * FROM rm_orders WHERE order_id = $1"
+        row = await pool(request).fetchrow(sql, order_id)
+        if min_version is not None and (row is None or row["order_version"] < min_version) and wait_ms > 0:
+            # Woken by the projector's NOTIFY (one LISTEN connection for all waiters), not by polling.
+            caught, _ = await request.app.state.projector.waiter.wait(
+                PROJECTION, Order.stream_id_for(order_id), min_version, wait_ms / 1000)
+            if caught:
+                row = await pool(request).fetchrow(sql, order_id)
         if row is None:
             raise HTTPException(404, f"order {order_id} not found")
         bills = await pool(request).fetch("SELECT * FROM rm_bills WHERE order_id = $1 ORDER BY issued_at, bill_id",
