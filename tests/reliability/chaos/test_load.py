@@ -62,6 +62,7 @@ class LoadResult:
     cpu_seconds: dict[str, float] = field(default_factory=dict)
     rss: dict[str, dict[str, int]] = field(default_factory=dict)  # moment -> process -> bytes
     wall: float = 0.0
+    machine_busy: float = 0.0  # share of all cores not idle during the run
 
     @property
     def sustained(self) -> bool:
@@ -76,7 +77,8 @@ class LoadResult:
                 f"p50/p95/p99 {pct(self.latencies, 50):.0f}/{pct(self.latencies, 95):.0f}/"
                 f"{pct(self.latencies, 99):.0f} ms; command-to-read-model p50/p95/p99 "
                 f"{pct(self.read_model, 50):.0f}/{pct(self.read_model, 95):.0f}/{pct(self.read_model, 99):.0f} ms "
-                f"({len(self.read_model)} samples); CPU (100 % = one core): {cpu}"
+                f"({len(self.read_model)} samples); machine {self.machine_busy * 100:.0f} % busy "
+                f"({psutil.cpu_count()} cores); CPU (100 % = one core): {cpu}"
                 + (f"; first errors: {self.errors[:3]}" if self.errors else ""))
 
     def rss_line(self) -> str:
@@ -182,7 +184,10 @@ class Load:
         procs["load client (this test)"] = psutil.Process()
         if self.p.pg.proc is not None:
             procs["postgres (all backends)"] = psutil.Process(self.p.pg.proc.pid)
+        if self.p.kafka.proc is not None:
+            procs["tansu (broker)"] = psutil.Process(self.p.kafka.proc.pid)
         cpu0 = {n: _cpu(p) for n, p in procs.items()}
+        machine0 = psutil.cpu_times()
         res.rss["start"] = self.p.rss()
         pending: set[asyncio.Task[None]] = set()
         start = time.monotonic()
@@ -208,6 +213,9 @@ class Load:
         await self._fresh_client(res, pending)
         res.rss["end"] = self.p.rss()
         res.cpu_seconds = {n: _cpu(p) - cpu0[n] for n, p in procs.items()}
+        machine1 = psutil.cpu_times()
+        total = sum(machine1) - sum(machine0)
+        res.machine_busy = 1 - (machine1.idle - machine0.idle) / total if total > 0 else 0.0
         return res
 
 
