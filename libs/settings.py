@@ -39,6 +39,11 @@ class ServiceSettings(BaseSettings):
     kafka_heartbeat_interval_ms: int = Field(default=500, ge=100)
     kafka_fetch_max_wait_ms: int = Field(default=10, ge=0)
     kafka_topic_partitions: int = Field(default=6, ge=1)
+    # Fetch pacing (libs/messaging/pacing.py): a consumer that saw no record and no event-store commit for
+    # kafka_idle_after_ms waits up to kafka_idle_fetch_pause_ms (or the next commit) before each fetch.
+    # 0 turns pacing off (on a real Kafka, which answers fetches early, raise the fetch wait instead).
+    kafka_idle_after_ms: int = Field(default=1000, ge=0)
+    kafka_idle_fetch_pause_ms: int = Field(default=250, ge=0)
     # How often every Kafka client of a service refreshes its metadata even without an error. aiokafka's
     # default is 5 minutes: a consumer whose topic was deleted and created again with another partition count
     # (the relay's repair after a broker loss) kept fetching the partitions it had and did not rejoin for that

@@ -52,13 +52,31 @@ def consumer_options(settings: ServiceSettings) -> dict[str, Any]:
     }
 
 
+# How long one getmany waits when nothing comes. It returns as soon as a fetch brings records, so this
+# bounds only the empty rounds of the consume loop (50 a second per subscriber at the batch timeout's 20 ms).
+IDLE_POLL_MS = 1000
+
+
 async def _next_batch(self: Any, consumer: Any) -> tuple[Any, ...]:
     """FastStream's BatchSubscriber.get_msg without its sleep after an empty poll."""
-    messages = await consumer.getmany(timeout_ms=self.batch_timeout_ms, max_records=self.max_records)
+    pacer = getattr(self, "fetch_pacer", None)
+    if pacer is not None:
+        pacer.install(consumer)  # libs/messaging/pacing.py
+    messages = await consumer.getmany(timeout_ms=max(self.batch_timeout_ms, IDLE_POLL_MS),
+                                      max_records=self.max_records)
+    if messages and pacer is not None:
+        pacer.saw_records()
     return tuple(chain(*messages.values()))
 
 
-def without_idle_sleep(subscriber: Any) -> Any:
+async def _stop_paced(self: Any) -> None:
+    try:
+        await type(self).stop(self)
+    finally:
+        await self.fetch_pacer.close()
+
+
+def without_idle_sleep(subscriber: Any, pacer: Any = None) -> Any:
     """A batch subscriber that waits for records only in aiokafka's getmany.
 
     FastStream 0.7's BatchSubscriber.get_msg, after a getmany(timeout_ms=batch_timeout_ms) that found
@@ -66,7 +84,11 @@ def without_idle_sleep(subscriber: Any) -> Any:
     waits for its end: on an idle or lightly loaded topic up to batch_timeout_ms (20 ms here) on every hop
     of a command's path (measured: the read-your-writes wait of a placed order, relay → projector). getmany
     already waits up to its timeout and returns as soon as a fetch brings records, so the loop never spins
-    without the sleep. Subscribers that are not batch subscribers are returned as they are."""
+    without the sleep. With a FetchPacer (libs/messaging/pacing.py) its consumer's fetches are spaced out
+    while idle. Subscribers that are not batch subscribers are returned as they are."""
     if isinstance(subscriber, BatchSubscriber):
         subscriber.get_msg = types.MethodType(_next_batch, subscriber)  # type: ignore[method-assign]
+        if pacer is not None:
+            subscriber.fetch_pacer = pacer  # type: ignore[attr-defined]
+            subscriber.stop = types.MethodType(_stop_paced, subscriber)  # type: ignore[method-assign]
     return subscriber

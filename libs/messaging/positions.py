@@ -49,6 +49,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 
 from libs.messaging.broker import without_idle_sleep
+from libs.messaging.pacing import FetchPacer
 
 log = logging.getLogger("closeloop.consumer")
 
@@ -229,13 +230,15 @@ class StartWhereProcessed(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 def subscribe(broker: Any, *topics: str, name: str, pool: Callable[[], asyncpg.Pool], bootstrap: str,
-              **options: Any) -> Any:
+              pacing: tuple[str, float, float] | None = None, **options: Any) -> Any:
     """`broker.subscriber(*topics, **options)` whose partitions start where `name` processed them
     (StartWhereProcessed); the subscriber's consumer must record its positions (EnvelopeBatchConsumer does;
-    others call save_positions)."""
+    others call save_positions). With `pacing` (dsn, idle after s, idle pause s) its fetches are spaced out
+    while it is idle (libs/messaging/pacing.py)."""
     listener = StartWhereProcessed(name, pool, bootstrap)
     options.setdefault("partition_assignment_strategy", (RecordingRoundRobin,))
-    subscriber = without_idle_sleep(broker.subscriber(*topics, listener=listener, **options))
+    pacer = FetchPacer(*pacing) if pacing is not None and pacing[2] > 0 else None
+    subscriber = without_idle_sleep(broker.subscriber(*topics, listener=listener, **options), pacer)
     listener.subscriber = subscriber
     subscriber.start_where_processed = listener
     return subscriber
@@ -246,7 +249,9 @@ def start_where_processed(consumer: Any, settings: Any) -> dict[str, Any]:
     `consumer.name` (an EnvelopeBatchConsumer, and the same name for its external topics)."""
     # (consumer is None where a broker is only built to list its subscribers: tests/unit/test_deploy_files.py)
     return {"name": getattr(consumer, "name", ""), "pool": lambda: consumer.pool,
-            "bootstrap": settings.kafka_bootstrap_servers}
+            "bootstrap": settings.kafka_bootstrap_servers,
+            "pacing": (settings.database_url, settings.kafka_idle_after_ms / 1000,
+                       settings.kafka_idle_fetch_pause_ms / 1000)}
 
 
 def _names(tps: Iterable[TopicPartition]) -> list[str]:

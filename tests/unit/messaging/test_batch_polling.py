@@ -11,7 +11,7 @@ import anyio
 import pytest
 from faststream.kafka import KafkaBroker
 
-from libs.messaging.broker import without_idle_sleep
+from libs.messaging.broker import IDLE_POLL_MS, without_idle_sleep
 from libs.messaging.positions import subscribe
 
 
@@ -39,7 +39,8 @@ async def test_an_empty_poll_is_followed_by_the_next_poll_without_sleeping(monke
     monkeypatch.setattr(anyio, "sleep", _no_sleep)
     assert await subscriber.get_msg(polls) == ()
     assert await subscriber.get_msg(polls) == ("a", "b", "c")
-    assert polls.calls == [(20, 7), (20, 7)]  # getmany does the waiting, with the subscriber's options
+    # getmany does the waiting (it returns as soon as a fetch brings records), with the subscriber's max_records
+    assert polls.calls == [(IDLE_POLL_MS, 7), (IDLE_POLL_MS, 7)]
 
 
 async def test_faststreams_own_batch_subscriber_sleeps_which_is_why_it_is_replaced(
