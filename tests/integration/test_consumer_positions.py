@@ -29,7 +29,7 @@ from libs.messaging.consumer import EnvelopeBatchConsumer, consume_batch
 from libs.messaging.positions import subscribe
 from libs.settings import ServiceSettings
 from services.orders.domain.events import CustomerCreditScoreRecorded
-from tests.support.wait import until
+from tests.support.wait import holds, until
 
 pytestmark = pytest.mark.integration
 
@@ -102,7 +102,7 @@ async def _commit(bootstrap: str, group: str, tp: TopicPartition, offset: int) -
                          session_timeout_ms=3000, heartbeat_interval_ms=500)
     await c.start()
     try:
-        await until("the stale member's assignment", lambda: _true(tp in c.assignment()))
+        await until("the stale member's assignment", lambda: holds(tp in c.assignment()))
         await c.commit({tp: OffsetAndMetadata(offset, "")})
         assert await c.committed(tp) == offset
     finally:
@@ -121,7 +121,7 @@ async def test_a_committed_offset_of_a_topic_created_again_does_not_skip_the_hea
         old = await _publish(kafka_bootstrap, topic, 10)
         seen: list[uuid.UUID] = []
         async with _platform_consumer(kafka_bootstrap, store.pool, name, topic, seen):
-            await until("the first 10 processed", lambda: _true(set(old) <= set(seen)))
+            await until("the first 10 processed", lambda: holds(set(old) <= set(seen)))
             await until("their offsets committed to Kafka", lambda: _committed(kafka_bootstrap, name, tp, 10))
 
         # The relay's repair: deleted, created again with the platform's count, published again.
@@ -133,7 +133,7 @@ async def test_a_committed_offset_of_a_topic_created_again_does_not_skip_the_hea
 
         seen.clear()
         async with _platform_consumer(kafka_bootstrap, store.pool, name, topic, seen):
-            await until("the last of the 20 processed", lambda: _true(new[-1] in seen))
+            await until("the last of the 20 processed", lambda: holds(new[-1] in seen))
             # One partition, read in order: whatever was going to be read before new19 has been.
             missing = [i for i, event_id in enumerate(new) if event_id not in seen]
             assert missing == [], f"re-published messages never processed (offsets on the new log): {missing}"
@@ -150,11 +150,11 @@ async def test_a_consumer_rejoining_the_same_log_goes_on_where_it_stopped(store:
         first = await _publish(kafka_bootstrap, topic, 10)
         seen: list[uuid.UUID] = []
         async with _platform_consumer(kafka_bootstrap, store.pool, name, topic, seen):
-            await until("the first 10 processed", lambda: _true(set(first) <= set(seen)))
+            await until("the first 10 processed", lambda: holds(set(first) <= set(seen)))
         later = await _publish(kafka_bootstrap, topic, 5)
         seen.clear()
         async with _platform_consumer(kafka_bootstrap, store.pool, name, topic, seen) as (consumer, listener):
-            await until("the next 5 processed", lambda: _true(set(later) <= set(seen)))
+            await until("the next 5 processed", lambda: holds(set(later) <= set(seen)))
             assert listener.resumed.get(TopicPartition(topic, 0)) == 10
             # Started at offset 10: none of the first 10 came again (not even as a duplicate).
             assert consumer.stats.received == 5 and consumer.stats.duplicates == 0
@@ -177,20 +177,16 @@ async def test_a_topic_created_again_with_more_partitions_is_read_on_the_new_one
         first = await _publish(kafka_bootstrap, topic, 3)
         seen: list[uuid.UUID] = []
         async with _platform_consumer(kafka_bootstrap, store.pool, name, topic, seen):
-            await until("the first 3 processed", lambda: _true(set(first) <= set(seen)))
+            await until("the first 3 processed", lambda: holds(set(first) <= set(seen)))
             await admin.delete_topics([topic])
             await until(f"{topic} deleted", lambda: _gone(admin, topic))
             await _create(admin, topic, 6)
             on_new = await _publish(kafka_bootstrap, topic, 2, partition=5)
             # Well under aiokafka's default metadata age of 5 minutes: the setting makes it seconds.
-            await until("the messages on the new partition 5 processed", lambda: _true(set(on_new) <= set(seen)),
+            await until("the messages on the new partition 5 processed", lambda: holds(set(on_new) <= set(seen)),
                         timeout=60)
     finally:
         await admin.close()
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 async def _committed(bootstrap: str, group: str, tp: TopicPartition, offset: int) -> bool:

@@ -26,7 +26,7 @@ from libs.messaging.broker import consumer_options, make_broker
 from libs.messaging.pacing import Doorbell, FetchPacer
 from libs.messaging.positions import record_positions, subscribe
 from libs.settings import ServiceSettings
-from tests.support.wait import until
+from tests.support.wait import holds, until
 
 pytestmark = pytest.mark.integration
 
@@ -73,20 +73,14 @@ async def _fetches_in(pacer: FetchPacer, seconds: float) -> int:
     return pacer.fetches - before
 
 
-def _true(value: bool) -> Any:
-    async def check() -> bool:
-        return value
-    return check()
-
-
 async def test_an_idle_consumer_fetches_rarely_and_a_commit_wakes_it_for_the_next_record(
         store: Any, pg_dsn: str, kafka_bootstrap: str) -> None:
     topic = f"pacing-{uuid.uuid4().hex[:8]}"
     await _send(kafka_bootstrap, topic, b"first")  # the topic exists before the group joins
     seen: list[tuple[bytes, float]] = []
     async with _paced_consumer(kafka_bootstrap, pg_dsn, store.pool, topic, seen) as pacer:
-        await until("the first record", lambda: _true(any(v == b"first" for v, _ in seen)))
-        await until("the doorbell listening", lambda: _true(pacer.bell is not None and pacer.bell.connected))
+        await until("the first record", lambda: holds(any(v == b"first" for v, _ in seen)))
+        await until("the doorbell listening", lambda: holds(pacer.bell is not None and pacer.bell.connected))
         assert pacer.fetches > 0, "the pacer did not wrap aiokafka's fetches (its private API changed?)"
 
         # Active: fetches back to back at the 10 ms fetch wait. Idle: about one fetch per pause.
@@ -100,10 +94,10 @@ async def test_an_idle_consumer_fetches_rarely_and_a_commit_wakes_it_for_the_nex
         rings = pacer.bell.rings if pacer.bell else 0
         meta = Metadata(actor="test", role="service", correlation_id=str(uuid.uuid4()))
         await store.append(f"pacing-{uuid.uuid4().hex[:8]}", 0, [NewEvent("PacingProbe", {"n": 1}, meta)])
-        await until("the commit's doorbell", lambda: _true(pacer.bell is not None and pacer.bell.rings > rings))
+        await until("the commit's doorbell", lambda: holds(pacer.bell is not None and pacer.bell.rings > rings))
         sent = time.monotonic()
         await _send(kafka_bootstrap, topic, b"after-commit")
-        await until("the record after the commit", lambda: _true(any(v == b"after-commit" for v, _ in seen)),
+        await until("the record after the commit", lambda: holds(any(v == b"after-commit" for v, _ in seen)),
                     timeout=IDLE_PAUSE * 3)
         delivered = next(t for v, t in seen if v == b"after-commit")
         assert delivered - sent < IDLE_PAUSE / 2, "the doorbell did not wake the idle consumer"
@@ -113,7 +107,7 @@ async def test_an_idle_consumer_fetches_rarely_and_a_commit_wakes_it_for_the_nex
         await asyncio.sleep(IDLE_AFTER + 0.2)
         assert pacer.idle
         await _send(kafka_bootstrap, topic, b"unannounced")
-        await until("the unannounced record", lambda: _true(any(v == b"unannounced" for v, _ in seen)),
+        await until("the unannounced record", lambda: holds(any(v == b"unannounced" for v, _ in seen)),
                     timeout=IDLE_PAUSE * 3)
     assert [v for v, _ in seen] == [b"first", b"after-commit", b"unannounced"]
 
@@ -121,11 +115,11 @@ async def test_an_idle_consumer_fetches_rarely_and_a_commit_wakes_it_for_the_nex
 async def test_the_doorbell_reconnects_and_rings_when_its_connection_is_lost(pg_dsn: str) -> None:
     bell = Doorbell.acquire(pg_dsn)
     try:
-        await until("listening", lambda: _true(bell.connected))
+        await until("listening", lambda: holds(bell.connected))
         rings = bell.rings
         async with _admin(pg_dsn) as conn:  # the database drops the LISTEN connection (an outage, a failover)
             assert await conn.fetchval("SELECT pg_terminate_backend($1)", bell.backend_pid)
-        await until("listening again", lambda: _true(bell.connected and bell.rings > rings), timeout=15)
+        await until("listening again", lambda: holds(bell.connected and bell.rings > rings), timeout=15)
     finally:
         await bell.release()
     assert bell._task is not None and bell._task.done()

@@ -19,3 +19,8 @@ async def until(what: str, check: Callable[[], Awaitable[Any]], timeout: float =
             return last
         await asyncio.sleep(0.1)
     raise AssertionError(f"{what}: not seen within {timeout} s (last: {last!r})")
+
+
+async def holds(value: Any) -> Any:
+    """`value` as an awaitable, for `until(what, lambda: holds(<expression>))` on plain state."""
+    return value
